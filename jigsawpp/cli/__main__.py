@@ -1,0 +1,3 @@
+from jigsawpp.cli import main
+
+main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up jigsawpp on a fresh machine: a virtual environment in .venv with the package (editable) and test tools.
+# Used by the README's first command and by CI (.ci/run), so both install the same way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+# mmeval is the independent VOC-metric oracle of the tests. Installed without its dependencies on purpose: they
+# pull an unpinned opencv-python (5.x) that would overwrite our OpenCV 4.x `cv2`, and plum-dispatch 2.x breaks it.
+.venv/bin/python -m pip install --quiet --no-deps "mmeval==0.2.1"
+.venv/bin/python -m pip install --quiet "plum-dispatch<2" rich pyyaml
+.venv/bin/python - <<'PY'
+import cv2
+assert cv2.__version__.startswith("4."), f"OpenCV 4.x expected, found {cv2.__version__} (another OpenCV wheel?)"
+assert hasattr(cv2.dnn, "readNetFromCaffe") and hasattr(cv2, "ximgproc"), "opencv-contrib-python-headless<5 needed"
+PY
+echo "jigsawpp installed in .venv"
