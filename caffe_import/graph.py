@@ -145,6 +145,7 @@ def build_graph(
         seen_names.add(lp.name)
         if any(top in declared for top in lp.top):
             notes.append(f"layer '{lp.name}' ({lp.type}) skipped: its tops are declared as net inputs")
+            unavailable.update(top for top in lp.top if top not in declared)
             continue
         if lp.type == "Input":
             shapes = list(lp.input_param.shape)

@@ -213,7 +213,8 @@ class _Reader:
 
     def parse_field(self, msg: Message, fdesc: FieldDescriptor, path: str) -> None:
         is_msg = fdesc.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP)
-        repeated = fdesc.label == FieldDescriptor.LABEL_REPEATED
+        # protobuf >= 6 (upb) drops FieldDescriptor.label in favour of is_repeated.
+        repeated = fdesc.is_repeated if hasattr(fdesc, "is_repeated") else fdesc.label == FieldDescriptor.LABEL_REPEATED
         has_colon = self.accept(":")
         if has_colon and self.accept("["):
             if not repeated:

@@ -39,8 +39,10 @@ def _tag(field_number: int) -> bytes:
 
 def encode_blob(array: np.ndarray) -> list[bytes]:
     """BlobProto wire pieces for a float32 array: shape (field 7) then packed data (field 5)."""
+    # Take the shape first: np.ascontiguousarray turns a 0-axis blob (PReLU channel_shared, Scale num_axes 0) into (1,).
+    dims = [int(d) for d in np.shape(array)]
     array = np.ascontiguousarray(array, dtype="<f4")
-    shape = caffe_pb2.BlobShape(dim=[int(d) for d in array.shape]).SerializeToString()
+    shape = caffe_pb2.BlobShape(dim=dims).SerializeToString()
     payload = array.tobytes()
     return [_tag(7), _varint(len(shape)), shape, _tag(5), _varint(len(payload)), payload]
 

@@ -7,7 +7,7 @@ second registry keyed by `module.layer`, since their behaviour is user code, not
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -34,7 +34,10 @@ def register(*types: str) -> Callable[[Converter], Converter]:
 
 
 def register_python(key: str) -> Callable[[Converter], Converter]:
-    """Register a re-implementation of a Caffe Python layer, keyed `module.layer` (e.g. `rpn.proposal_layer.ProposalLayer`)."""
+    """Register a re-implementation of a Caffe Python layer, keyed `module.layer`.
+
+    Example key: `rpn.proposal_layer.ProposalLayer` (py-faster-rcnn's test-time proposal layer).
+    """
 
     def wrap(fn: Converter) -> Converter:
         if key in _PYTHON_LAYERS:
