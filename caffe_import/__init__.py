@@ -17,15 +17,16 @@ from caffe_import.errors import CaffeImportError, CaffeImportWarning
 from caffe_import.graph import Graph, Layer, build_graph
 from caffe_import.layers import register, register_python, supported_types
 from caffe_import.net import CaffeNet
+from caffe_import.onnx_export import check_onnx, export_onnx
 from caffe_import.parse import read_caffemodel, read_prototxt, read_prototxt_string
 from caffe_import.proto import caffe_pb2
 from caffe_import.weights import WeightReport, load_weights
 from caffe_import.writer import save_caffemodel
 
 __all__ = [
-    "CaffeImportError", "CaffeImportWarning", "CaffeNet", "Graph", "Layer", "WeightReport", "build_graph", "load",
-    "load_weights", "read_caffemodel", "read_prototxt", "read_prototxt_string", "register", "register_python",
-    "save_caffemodel", "supported_types",
+    "CaffeImportError", "CaffeImportWarning", "CaffeNet", "Graph", "Layer", "WeightReport", "build_graph",
+    "check_onnx", "export_onnx", "load", "load_weights", "read_caffemodel", "read_prototxt", "read_prototxt_string",
+    "register", "register_python", "save_caffemodel", "supported_types",
 ]
 
 PathOrNet = str | os.PathLike[str] | caffe_pb2.NetParameter
