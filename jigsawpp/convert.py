@@ -27,17 +27,19 @@ class ConvertResult:
     seconds: float
 
 
+def _layer_summary(net: caffe_import.CaffeNet, layer: caffe_import.Layer) -> dict:
+    module = net.module_of(layer.name)
+    return {"name": layer.name, "type": layer.type, "bottoms": list(layer.blob_bottoms), "tops": list(layer.blob_tops),
+            "blobs": [list(getattr(module, attr).shape) for attr in module.caffe_blobs]}
+
+
 def net_summary(net: caffe_import.CaffeNet) -> dict:
     """Layers, inputs and outputs of a loaded net with Caffe shapes (for manifests and `info`)."""
     return {
         "name": net.graph.name,
         "inputs": {name: list(net.graph.input_shapes[name]) for name in net.input_names},
         "outputs": {name: list(net.blob_shapes[name]) for name in net.output_names},
-        "layers": [
-            {"name": layer.name, "type": layer.type, "bottoms": list(layer.blob_bottoms), "tops": list(layer.blob_tops),
-             "blobs": [list(getattr(net.module_of(layer.name), a).shape) for a in net.module_of(layer.name).caffe_blobs]}
-            for layer in net.layers_with_shapes
-        ],
+        "layers": [_layer_summary(net, layer) for layer in net.layers_with_shapes],
         "shared_params": net.shared_params(),
         "n_parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values()),
         "notes": list(net.notes),
@@ -45,7 +47,8 @@ def net_summary(net: caffe_import.CaffeNet) -> dict:
 
 
 def convert_caffe(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str],
-                  out_dir: str | os.PathLike[str], *, outputs: list[str] | None = None, overwrite: bool = False) -> ConvertResult:
+                  out_dir: str | os.PathLike[str], *, outputs: list[str] | None = None,
+                  overwrite: bool = False) -> ConvertResult:
     """Convert one prototxt + caffemodel pair into `out_dir` (see the module docstring for the layout)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)

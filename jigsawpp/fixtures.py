@@ -47,3 +47,157 @@ def seeded_caffemodel(prototxt, path, *, seed: int = 0) -> caffe_import.CaffeNet
     net = randomize_weights(caffe_import.load(prototxt), seed=seed)
     caffe_import.save_caffemodel(net, path)
     return net
+
+
+# -- release-shaped zips ----------------------------------------------------------------------------------------------
+# The five release zips cannot be downloaded here, and their layout is undocumented; these stand-ins hold what the
+# project page says a zip holds (a caffemodel, deploy prototxt(s), train/val pseudo-labels) in several layouts and
+# label formats, so that the content-based finder in jigsawpp.release is exercised for real. Never commit the output.
+
+RELEASE_KINDS = {
+    # kind: (bundled prototxt the caffemodel is written from, default release name, number of clusters)
+    "jigsawpp": ("jigsawpp/cfn_deploy.prototxt", "jigsawpp", 2000),     # 9-tower CFN, conv1 stride 2 (~320 MB)
+    "cc": ("alexnet/deploy_conv1s4.prototxt", "jigsawpp_acc", 2000),    # CC AlexNet, fc8 2000 (~250 MB)
+    "conv": ("alexnet/conv_conv1s4.prototxt", "release", 2000),         # conv layers only (~9 MB): cheap tests
+}
+RELEASE_LAYOUTS = ("flat", "nested", "split", "odd_names")
+LABEL_FORMATS = {"txt": ".txt", "tsv": ".tsv", "csv": ".csv", "labels_only": ".txt", "npy": ".npy", "npz": ".npz",
+                 "txt.gz": ".txt.gz"}
+_SOLVER = 'net: "train_val.prototxt"\nbase_lr: 0.01\nlr_policy: "step"\nmax_iter: 350000\nsolver_mode: GPU\n'
+_APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)
+
+
+def write_release_caffemodel(kind: str, path, *, seed: int = 0):
+    """Write the caffemodel of a stand-in release of `kind` (see RELEASE_KINDS); returns its path."""
+    import warnings
+    from pathlib import Path
+
+    import prototxt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seeded_caffemodel(prototxt.path(RELEASE_KINDS[kind][0]), path, seed=seed)
+    return Path(path)
+
+
+def release_pseudo_labels(split: str, count: int, *, clusters: int, seed: int = 0):
+    """(names, labels) like ImageNet lists: train `n<wnid>/n<wnid>_<i>.JPEG`, val `ILSVRC2012_val_<i>.JPEG`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + (0 if split == "train" else 1))
+    if split == "train":
+        wnids = rng.choice(np.arange(1440764, 15075141), size=8, replace=False)
+        names = [f"n{w:08d}/n{w:08d}_{rng.integers(1, 99999)}.JPEG" for w in rng.choice(wnids, size=count)]
+    else:
+        names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(count)]
+    return names, rng.integers(0, clusters, size=count).astype("int32")
+
+
+def encode_labels(names, labels, label_format: str) -> bytes:
+    """A label file in `label_format` (see LABEL_FORMATS)."""
+    import gzip
+    import io
+
+    import numpy as np
+
+    if label_format in ("txt", "txt.gz"):
+        data = "".join(f"{n} {int(y)}\n" for n, y in zip(names, labels)).encode()
+        return gzip.compress(data, mtime=0) if label_format == "txt.gz" else data
+    if label_format == "tsv":
+        return "".join(f"{n}\t{int(y)}\n" for n, y in zip(names, labels)).encode()
+    if label_format == "csv":
+        return ("image,cluster\n" + "".join(f"{n},{int(y)}\n" for n, y in zip(names, labels))).encode()
+    if label_format == "labels_only":
+        return "".join(f"{int(y)}\n" for y in labels).encode()
+    buffer = io.BytesIO()
+    if label_format == "npy":
+        np.save(buffer, np.asarray(labels, dtype=np.int32))
+    elif label_format == "npz":
+        np.savez(buffer, paths=np.asarray(names), clusters=np.asarray(labels, dtype=np.int32))
+    else:
+        raise ValueError(f"unknown label format {label_format!r}; known: {sorted(LABEL_FORMATS)}")
+    return buffer.getvalue()
+
+
+def permutation_table_bin(count: int = 701, *, seed: int = 0) -> bytes:
+    """The authors' permutation file format: int32 LE header [N, 9], then N*9 1-based tile indices. The rows are
+    distinct random non-identity permutations (a stand-in, not the maximal-Hamming set)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows: dict[tuple[int, ...], None] = {}
+    while len(rows) < count:
+        perm = tuple(int(v) for v in rng.permutation(9))
+        if perm != tuple(range(9)):
+            rows[perm] = None
+    table = np.asarray(list(rows), dtype="<i4") + 1
+    return np.asarray([count, 9], dtype="<i4").tobytes() + table.tobytes()
+
+
+def make_release_zip(path, kind: str = "cc", *, layout: str = "nested", label_format: str = "txt", seed: int = 0,
+                     caffemodel=None, n_labels: int = 300, release: str | None = None) -> dict[str, object]:
+    """Write a release-shaped zip; returns {"path", "members": {role: name}, "labels": {split: (names, labels)}}.
+
+    caffemodel: an existing caffemodel of this kind to pack (from `write_release_caffemodel`); written beside
+    `path` and deleted afterwards when None. `layout` moves the files around (RELEASE_LAYOUTS) so that nothing can
+    be found by a fixed path: flat; nested folders with macOS metadata; deploy and caffemodel in different folders
+    with unrelated prototxts and a solver; odd names (no .caffemodel extension, deploy as .txt).
+    """
+    import zipfile
+    from pathlib import Path
+
+    import prototxt
+
+    if kind not in RELEASE_KINDS:
+        raise ValueError(f"unknown release kind {kind!r}; known: {sorted(RELEASE_KINDS)}")
+    if layout not in RELEASE_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {RELEASE_LAYOUTS}")
+    path = Path(path)
+    source, default_name, clusters = RELEASE_KINDS[kind]
+    top = release or default_name
+    own = caffemodel is None
+    weights = Path(caffemodel) if caffemodel else write_release_caffemodel(kind, path.with_suffix(".caffemodel"),
+                                                                           seed=seed)
+    text = {name: prototxt.path(name).read_text(encoding="utf-8") for name in
+            (source, "alexnet/conv_conv1s4.prototxt", "caffenet/deploy.prototxt", "vgg16/deploy.prototxt")}
+    ext = LABEL_FORMATS[label_format]
+    folder = {"flat": ("", "", "", ""), "nested": (f"{top}/model/", f"{top}/model/", f"{top}/pseudo_labels/", ""),
+              "split": (f"{top}/weights/", f"{top}/prototxt/", f"{top}/lists/", f"{top}/prototxt/extra/"),
+              "odd_names": (f"{top}/", f"{top}/", f"{top}/", "")}[layout]
+    odd = layout == "odd_names"
+    members: dict[str, str] = {"caffemodel": folder[0] + (f"{top}_iter_350000" if odd else f"{top}.caffemodel")}
+    files: dict[str, bytes] = {}
+    if kind == "jigsawpp":
+        members["deploy_pretext"] = folder[1] + ("cfn_net.txt" if odd else "deploy_cfn_conv1s2.prototxt")
+        members["deploy_transfer"] = folder[1] + ("transfer_net.txt" if odd else "deploy_conv1s4.prototxt")
+        files[members["deploy_pretext"]] = text[source].encode()
+        files[members["deploy_transfer"]] = text["alexnet/conv_conv1s4.prototxt"].encode()
+        members["permutations"] = folder[1] + "permutations_701.bin"
+        files[members["permutations"]] = permutation_table_bin(701, seed=seed)
+    else:
+        members["deploy"] = folder[1] + ("net_definition.txt" if odd else "deploy.prototxt")
+        files[members["deploy"]] = text[source].encode()
+    labels = {}
+    for split in ("train", "val"):
+        names, ys = release_pseudo_labels(split, n_labels if split == "train" else n_labels // 3, clusters=clusters,
+                                          seed=seed)
+        labels[split] = (names, ys)
+        members[f"labels_{split}"] = folder[2] + (f"imagenet_{split}_clusters{ext}" if odd else f"{split}{ext}")
+        files[members[f"labels_{split}"]] = encode_labels(names, ys, label_format)
+    if layout == "nested":
+        files[f"__MACOSX/{top}/model/._{top}.caffemodel"] = _APPLEDOUBLE
+        files[f"{top}/README.txt"] = b"Pre-trained model and ImageNet pseudo labels (stand-in written by jigsawpp).\n"
+    if layout == "split":
+        files[folder[3] + "caffenet_deploy.prototxt"] = text["caffenet/deploy.prototxt"].encode()
+        files[folder[3] + "vgg16_deploy.prototxt"] = text["vgg16/deploy.prototxt"].encode()
+        files[folder[1] + "solver.prototxt"] = _SOLVER.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.write(weights, members["caffemodel"], compress_type=zipfile.ZIP_STORED)
+            for name, data in files.items():
+                zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+    finally:
+        if own:
+            weights.unlink(missing_ok=True)
+    return {"path": path, "members": members, "labels": labels}

@@ -19,18 +19,46 @@ def main() -> None:
     evaluations. Start with `jigsawpp demo`."""
 
 
+def _fail(exc: Exception) -> click.ClickException:
+    """Library errors are sentences already: show them without a traceback."""
+    return click.ClickException(str(exc))
+
+
 @main.command()
+@click.argument("release", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--prototxt", "prototxt_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Deploy prototxt (text) of the model.")
-@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Trained weights (binary caffemodel, any Caffe version).")
+              help="Deploy prototxt (text) of the model; with --caffemodel, instead of a RELEASE zip.")
+@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trained weights (binary caffemodel, any Caffe version); with --prototxt.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output folder: model.safetensors, deploy.prototxt, manifest.json.")
+              help="Output folder. Release zip: manifest.json, <variant>/{model.safetensors, model.onnx, "
+                   "deploy.prototxt}, pseudo_labels/{train,val}.npz. Prototxt+caffemodel: model.safetensors, "
+                   "deploy.prototxt, manifest.json.")
+@click.option("--deploy", help="Release zip only: deploy to use instead of the best-matching one, as a member name "
+                               "in the zip or a prototxt file; it replaces the variant with its conv1 stride.")
+@click.option("--no-onnx", is_flag=True, help="Release zip only: skip model.onnx (export and onnxruntime check).")
+@click.option("--opset", type=int, default=None, help="Release zip only: ONNX opset (default 17; 13 minimum).")
+@click.option("--allow-tower-mismatch", is_flag=True,
+              help="Release zip only: convert a 9-tower caffemodel whose tower copies differ (tower 1 is used); "
+                   "by default that is an error, since the weights were meant to be shared.")
 @click.option("--output", "outputs", multiple=True,
-              help="Blob to keep as an output (repeatable); the net is pruned to what these need.")
+              help="Prototxt+caffemodel only: blob to keep as an output (repeatable); the net is pruned to what "
+                   "these need.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
-def convert(prototxt_path: Path, caffemodel: Path, out_dir: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
-    """Convert a Caffe model (prototxt + caffemodel) to safetensors with a manifest."""
+def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path | None, out_dir: Path,
+            deploy: str | None, no_onnx: bool, opset: int | None, allow_tower_mismatch: bool,
+            outputs: tuple[str, ...], overwrite: bool) -> None:
+    """Convert a released model zip (RELEASE.zip) or a Caffe model (--prototxt + --caffemodel)."""
+    if release is not None:
+        if prototxt_path or caffemodel or outputs:
+            raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel/--output, not both.")
+        _convert_release(release, out_dir, deploy=deploy, onnx=not no_onnx, opset=opset,
+                         allow_tower_mismatch=allow_tower_mismatch, overwrite=overwrite)
+        return
+    if prototxt_path is None or caffemodel is None:
+        raise click.UsageError("give a RELEASE.zip, or both --prototxt and --caffemodel.")
+    if deploy or no_onnx or opset or allow_tower_mismatch:
+        raise click.UsageError("--deploy, --no-onnx, --opset and --allow-tower-mismatch apply to a RELEASE.zip only.")
     from jigsawpp.convert import convert_caffe
 
     result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, overwrite=overwrite)
@@ -41,6 +69,81 @@ def convert(prototxt_path: Path, caffemodel: Path, out_dir: Path, outputs: tuple
         click.echo(f"  output {name}: {shape}")
     for note in net["notes"]:
         click.echo(f"  note: {note}")
+
+
+def _convert_release(release: Path, out_dir: Path, **kwargs: object) -> None:
+    from jigsawpp.release import ReleaseError, convert_release
+    from jigsawpp.safezip import ArchiveError
+
+    try:
+        manifest = convert_release(release, out_dir, progress=lambda msg: click.echo(f"… {msg}", err=True),
+                                   **kwargs)  # type: ignore[arg-type]
+    except (ReleaseError, ArchiveError, FileExistsError) as exc:
+        raise _fail(exc) from None
+    name = manifest["release"]["name"] or "unknown release"
+    click.echo(f"converted {release.name} ({name}) in {manifest['seconds']:.1f} s -> {out_dir}")
+    for variant, entry in manifest["variants"].items():
+        parity = entry["parity"]
+        onnx = parity["onnx"]
+        onnx_text = ("ONNX skipped" if "skipped" in onnx else
+                     f"ONNX max rel. err {max(onnx['export_size']['max_rel_err'].values()):.1e} "
+                     f"({onnx['provider']})")
+        tag = " [for transfer]" if entry["for_transfer"] else ""
+        click.echo(f"  {variant}{tag}: conv1 stride {entry['conv1_stride']}, input {entry['input']['data']}, "
+                   f"deploy {entry['deploy']['source']}; CaffeAlexNet vs caffe_import "
+                   f"{parity['caffe_alexnet_vs_caffe_import']['max_abs_err']:.1e}; {onnx_text}")
+    for split, entry in manifest["pseudo_labels"].items():
+        click.echo(f"  pseudo_labels/{split}.npz: {entry['count']} images, {entry['distinct_labels']} clusters "
+                   f"({entry['format']}, from {entry['member']})")
+    for check in manifest["checks"]:
+        if check["ok"] is False:
+            click.echo(f"  warning: {check['message']}")
+
+
+@main.command()
+@click.argument("release", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--deploy", help="Deploy to use instead of the best-matching one (member name in the zip or a file).")
+@click.option("--allow-tower-mismatch", is_flag=True, help="Report differing tower copies without calling the zip "
+                                                            "unconvertible.")
+def info(release: Path, deploy: str | None, allow_tower_mismatch: bool) -> None:
+    """Say what a released model zip holds, what each file was taken for, and why."""
+    from jigsawpp.release import ReleaseError, format_release_info, inspect_release
+    from jigsawpp.safezip import ArchiveError
+
+    try:
+        found = inspect_release(release, deploy, allow_tower_mismatch=allow_tower_mismatch)
+    except (ReleaseError, ArchiveError) as exc:
+        raise _fail(exc) from None
+    click.echo(format_release_info(found))
+
+
+@main.command()
+@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), required=True,
+              help="A `jigsawpp convert` output folder (release root, one of its variant folders, or a "
+                   "prototxt+caffemodel conversion), or a deploy prototxt (then give --caffemodel).")
+@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Weights for a --model prototxt.")
+@click.option("--variant", default="transfer", show_default=True,
+              help="Release folders: variant to export (transfer, pretext, or a folder name).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="ONNX file to write, e.g. model.onnx.")
+@click.option("--opset", type=int, default=None, help="ONNX opset; default 17, minimum 13 (13..21 with ROIPooling).")
+@click.option("--static", is_flag=True, help="Fixed input shapes (default: symbolic batch, and symbolic height/width "
+                                             "for fully convolutional nets).")
+def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset: int | None, static: bool) -> None:
+    """Export a model to ONNX and check it in onnxruntime against PyTorch."""
+    from caffe_import import CaffeImportError
+    from jigsawpp.export import export_model
+
+    try:
+        result = export_model(model, out, caffemodel=caffemodel, variant=variant, opset=opset, dynamic=not static)
+    except (CaffeImportError, ValueError, KeyError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"exported {result.source} -> {result.path}")
+    for label, check in result.checks.items():
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in check.max_rel_err.items())  # type: ignore[attr-defined]
+        click.echo(f"  onnxruntime vs PyTorch on the {label}: max rel. err {errs}")
+    click.echo(f"  provider: {result.provider}" + (f" ({result.notice})" if result.notice else ""))
 
 
 @main.command()

@@ -1,0 +1,375 @@
+"""Find the parts of a release zip by content: caffemodel, deploy prototxt(s), pseudo-label lists, permutations.
+
+The zips' layout is undocumented (research notes, section 1.2), so nothing here trusts folder or file names alone:
+
+* a caffemodel is a binary `NetParameter` whose layers carry blobs (parsed with `caffe_import`);
+* a prototxt is text that parses as a `NetParameter` with layers; it is scored by how many of its weight layers
+  match the caffemodel's layers by name AND blob shape (shapes inferred by building the net on the meta device),
+  directly or after collapsing the 9 towers of a context-free network (`conv1_s1..conv1_s9` -> `conv1`);
+* a 9-tower caffemodel (MehdiNoroozi/JigsawPuzzleSolver `train_val_cfn_jps++.prototxt`: layers `conv1_s{i}` sharing
+  param `conv1_w`...) stores one copy of the shared weights per tower, which must be identical;
+* permutation files are the authors' `.bin` (int32 LE header [N, 9], then N*9 1-based indices; read by
+  `data_transformer.cpp` of their Caffe fork) or an (N, 9) `.npy`;
+* label lists are recognised by their lines (see `jigsawpp.label_files`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import caffe_import
+from caffe_import.parse import upgrade_net
+from caffe_import.proto import caffe_pb2
+from caffe_import.weights import blob_shape, shape_equals
+
+Shape = tuple[int, ...]
+TOWER = re.compile(r"^(?P<base>.+)_s(?P<index>\d+)$")
+WEIGHT_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "Scale", "Bias", "PReLU",
+                          "Embed"})
+PROTOTXT_HINT = re.compile(r"^\s*(layers?\s*\{|input\s*:|input_shape\s*\{|input_dim\s*:)", re.MULTILINE)
+SOLVER_HINT = re.compile(r"^\s*(base_lr|lr_policy|train_net|max_iter|solver_mode)\s*:", re.MULTILINE)
+
+
+class ReleaseError(ValueError):
+    """A release zip that cannot be converted as asked; the message says what was found and what to do."""
+
+
+# -- caffemodel ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TowerReport:
+    """The shared-weight towers of a context-free network caffemodel."""
+
+    towers: tuple[int, ...]                 # tower indices found, e.g. (1, ..., 9)
+    bases: tuple[str, ...]                  # per-tower layer names without the suffix: conv1 .. fc6
+    max_abs_diff: dict[str, float]          # base -> max |copy_i - copy_first| over all towers and blobs
+    missing: tuple[str, ...]                # "<base>_s<i>" layers absent from some tower
+
+    @property
+    def identical(self) -> bool:
+        return not self.missing and all(d == 0.0 for d in self.max_abs_diff.values())
+
+
+@dataclass(frozen=True)
+class CaffemodelInfo:
+    """A parsed caffemodel and what it is."""
+
+    member: str
+    kind: str                                # "cfn" (9 towers), "alexnet" (conv1..conv5 [fc6..fc8]), "other"
+    why: str
+    layers: dict[str, tuple[Shape, ...]]     # layer name -> blob shapes, layers with blobs only
+    collapsed: dict[str, tuple[Shape, ...]]  # the same after collapsing towers (base names; tower 1 = first)
+    towers: TowerReport | None
+    net: caffe_pb2.NetParameter = field(repr=False, compare=False)
+
+    def blobs(self, name: str, *, collapsed: bool) -> list[caffe_pb2.BlobProto] | None:
+        """BlobProtos of layer `name` (raw name, or base name of the first tower when collapsed)."""
+        lookup = self._collapsed_index if collapsed else self._raw_index
+        lp = lookup.get(name)
+        return list(lp.blobs) if lp is not None else None
+
+    @property
+    def _raw_index(self) -> dict[str, caffe_pb2.LayerParameter]:
+        return {lp.name: lp for lp in self.net.layer if len(lp.blobs)}
+
+    @property
+    def _collapsed_index(self) -> dict[str, caffe_pb2.LayerParameter]:
+        out: dict[str, caffe_pb2.LayerParameter] = {}
+        first = min(self.towers.towers) if self.towers else None
+        bases = set(self.towers.bases) if self.towers else set()
+        for lp in self.net.layer:
+            if not len(lp.blobs):
+                continue
+            m = TOWER.match(lp.name)
+            if m and m["base"] in bases:
+                if int(m["index"]) == first:
+                    out[m["base"]] = lp
+            else:
+                out[lp.name] = lp
+        return out
+
+    def weights_for(self, names: list[str], *, collapsed: bool) -> caffe_pb2.NetParameter:
+        """A caffemodel NetParameter holding exactly the layers `names` (renamed to base names when collapsed)."""
+        index = self._collapsed_index if collapsed else self._raw_index
+        out = caffe_pb2.NetParameter(name=self.net.name)
+        for name in names:
+            lp = out.layer.add()
+            lp.CopyFrom(index[name])
+            lp.name = name
+            del lp.param[:]  # tower param names (conv1_w) would tie nothing in a single tower
+        return out
+
+
+def parse_caffemodel(member: str, data: bytes) -> caffe_pb2.NetParameter:
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except Exception as exc:  # DecodeError or RuntimeError depending on the protobuf backend
+        raise ReleaseError(f"{member}: not a binary Caffe NetParameter ({exc}); the caffemodel is corrupt or "
+                           "truncated.") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = upgrade_net(net, source=member)
+    if not any(len(lp.blobs) for lp in net.layer):
+        raise ReleaseError(f"{member}: a NetParameter without weights (no layer has blobs); not a caffemodel.")
+    return net
+
+
+ALEXNET_CONV_SHAPES = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
+                       "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}
+
+
+def describe_caffemodel(member: str, net: caffe_pb2.NetParameter) -> CaffemodelInfo:
+    layers = {lp.name: tuple(blob_shape(b) for b in lp.blobs) for lp in net.layer if len(lp.blobs)}
+    towers = _towers(net)
+    collapsed: dict[str, tuple[Shape, ...]] = {}
+    for name, shapes in layers.items():
+        m = TOWER.match(name)
+        if towers and m and m["base"] in towers.bases:
+            if int(m["index"]) == min(towers.towers):
+                collapsed[m["base"]] = shapes
+        else:
+            collapsed[name] = shapes
+    conv_ok = all(_squeeze(collapsed.get(k, ((),))[0]) == v for k, v in ALEXNET_CONV_SHAPES.items())
+    if towers and conv_ok:
+        kind = "cfn"
+        why = (f"{len(towers.towers)} towers ({', '.join(f'conv1_s{i}' for i in towers.towers[:2])}, ...) sharing "
+               f"{', '.join(towers.bases)}: a context-free network; its collapsed tower has AlexNet's conv shapes")
+    elif conv_ok:
+        kind = "alexnet"
+        fc = [k for k in ("fc6", "fc7", "fc8") if k in collapsed]
+        why = "conv1..conv5 have AlexNet's shapes" + (f", with {', '.join(fc)}" if fc else ", no fc layers")
+    else:
+        kind = "other"
+        why = "the layers are not AlexNet's conv1..conv5 (nor a 9-tower CFN of them)"
+    return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net)
+
+
+def _squeeze(shape: Shape) -> Shape:
+    """Legacy 4-D blob shapes (1, 1, N, K) of old caffemodels -> (N, K); conv shapes are 4-D either way."""
+    while len(shape) > 1 and shape[0] == 1 and len(shape) > 2:
+        shape = shape[1:]
+    return shape
+
+
+def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
+    groups: dict[str, dict[int, caffe_pb2.LayerParameter]] = {}
+    for lp in net.layer:
+        m = TOWER.match(lp.name)
+        if m and len(lp.blobs):
+            groups.setdefault(m["base"], {})[int(m["index"])] = lp
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return None
+    indices = tuple(sorted({i for g in groups.values() for i in g}))
+    diffs: dict[str, float] = {}
+    missing: list[str] = []
+    for base, members in groups.items():
+        first = members[min(members)]
+        ref = [_array(b) for b in first.blobs]
+        worst = 0.0
+        for i in indices:
+            lp = members.get(i)
+            if lp is None:
+                missing.append(f"{base}_s{i}")
+                continue
+            if len(lp.blobs) != len(ref) or any(blob_shape(b) != blob_shape(r) for b, r in zip(lp.blobs, first.blobs)):
+                worst = float("inf")
+                continue
+            for b, r in zip(lp.blobs, ref):
+                a = _array(b)
+                if a.size:
+                    worst = max(worst, float(np.max(np.abs(a - r))))
+        diffs[base] = worst
+    return TowerReport(indices, tuple(groups), diffs, tuple(missing))
+
+
+def _array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+    if len(blob.data):
+        return np.asarray(blob.data, dtype=np.float32)
+    return np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
+
+
+# -- prototxt ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PrototxtScore:
+    """How well one prototxt describes the caffemodel."""
+
+    member: str
+    net_name: str
+    role: str                  # "deploy" (has inputs), "train_val" (data layers, no Input), "not a net"
+    mode: str | None           # "raw" (names as in the caffemodel) or "towers collapsed"
+    matched: tuple[str, ...]   # weight layers matching by name and shape
+    mismatched: tuple[str, ...]  # "<layer>: <prototxt shapes> vs <caffemodel shapes>"
+    missing: tuple[str, ...]   # weight layers the caffemodel lacks
+    unused: tuple[str, ...]    # caffemodel layers (in that mode) the prototxt does not use
+    conv1_stride: int | None
+    input_shape: Shape | None
+    notes: tuple[str, ...]
+    net: caffe_pb2.NetParameter | None = field(default=None, repr=False, compare=False)
+    text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def fits(self) -> bool:
+        """True when loading the caffemodel into this prototxt succeeds (every weight layer found, shapes equal)."""
+        return self.role == "deploy" and bool(self.matched) and not self.mismatched and not self.missing
+
+    @property
+    def n_weight_layers(self) -> int:
+        return len(self.matched) + len(self.mismatched) + len(self.missing)
+
+    @property
+    def rank(self) -> tuple:
+        coverage = len(self.matched) / max(len(self.matched) + len(self.unused), 1)
+        return (self.fits, len(self.matched) / max(self.n_weight_layers, 1), coverage, -len(self.mismatched))
+
+    @property
+    def why(self) -> str:
+        if self.role != "deploy" and self.role != "train_val":
+            return self.role
+        parts = [f"{len(self.matched)}/{self.n_weight_layers} weight layers match the caffemodel by name and shape"
+                 + (f" ({self.mode})" if self.mode else "")]
+        if self.mismatched:
+            parts.append("shape mismatch " + "; ".join(self.mismatched[:3]))
+        if self.missing:
+            parts.append(f"not in the caffemodel: {', '.join(self.missing[:6])}")
+        if self.unused:
+            parts.append(f"caffemodel layers it does not use: {', '.join(self.unused[:6])}"
+                         + (", ..." if len(self.unused) > 6 else ""))
+        if self.conv1_stride:
+            parts.append(f"conv1 stride {self.conv1_stride}")
+        if self.input_shape:
+            parts.append(f"input {'x'.join(map(str, self.input_shape))}")
+        if self.role == "train_val":
+            parts.append("a train/val net (no Input layer), not a deploy")
+        return "; ".join(parts)
+
+
+def read_prototxt_text(member: str, text: str) -> tuple[caffe_pb2.NetParameter, tuple[str, ...]]:
+    """Parse prototxt text, turning the importer's warnings (unknown fork fields) into notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = caffe_import.read_prototxt_string(text, source=member)
+    return net, tuple(str(w.message) for w in caught)
+
+
+def expected_weight_shapes(net: caffe_pb2.NetParameter, member: str) -> tuple[dict[str, tuple[Shape, ...]], str, str]:
+    """({weight layer: blob shapes}, role, note) by building the net on the meta device (no memory, no fillers)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = caffe_import.build_graph(net, phase="TEST", source=member)
+            cnet = caffe_import.CaffeNet(graph)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable as a deploy"; say why
+        shapes = {lp.name: () for lp in net.layer if lp.type in WEIGHT_TYPES}
+        role = "train_val" if any(lp.type in ("Data", "ImageData", "HDF5Data", "WindowData") for lp in net.layer) \
+            else "deploy?"
+        return shapes, role, f"cannot build the net: {exc}"
+    shapes = {}
+    for layer in cnet.layers_with_shapes:
+        module = cnet.module_of(layer.name)
+        if module.caffe_blobs:
+            shapes[layer.name] = tuple(tuple(getattr(module, a).shape) for a in module.caffe_blobs)
+    return shapes, "deploy", ""
+
+
+def conv1_stride(net: caffe_pb2.NetParameter) -> int | None:
+    """Stride of the first convolution (conv1, or conv1_s1 in a CFN)."""
+    for lp in net.layer:
+        if lp.type == "Convolution":
+            p = lp.convolution_param
+            return int(p.stride[0]) if len(p.stride) else int(p.stride_h or 1)
+    return None
+
+
+def input_shape(net: caffe_pb2.NetParameter) -> Shape | None:
+    for lp in net.layer:
+        if lp.type == "Input" and len(lp.input_param.shape):
+            return tuple(int(d) for d in lp.input_param.shape[0].dim)
+    return None
+
+
+def score_prototxt(member: str, text: str, model: CaffemodelInfo | None) -> PrototxtScore:
+    """Parse `text` and match its weight layers against `model` (raw names and tower-collapsed names)."""
+    try:
+        net, notes = read_prototxt_text(member, text)
+    except Exception as exc:  # noqa: BLE001
+        return PrototxtScore(member, "", f"not a net ({str(exc)[:160]})", None, (), (), (), (), None, None, ())
+    weight_layers = [lp for lp in net.layer if lp.type in WEIGHT_TYPES]
+    if not weight_layers:
+        what = "a solver, not a net" if SOLVER_HINT.search(text) else "not a net (no layers with weights)"
+        return PrototxtScore(member, net.name, what, None, (), (), (), (), None, None, notes)
+    shapes, role, note = expected_weight_shapes(net, member)
+    notes = notes + ((note,) if note else ())
+    best: PrototxtScore | None = None
+    views = [("raw", False)] + ([("towers collapsed", True)] if model is not None and model.towers else [])
+    for mode, collapsed in views:
+        table = (model.collapsed if collapsed else model.layers) if model is not None else {}
+        matched, mismatched, missing = [], [], []
+        for name, expected in shapes.items():
+            blobs = model.blobs(name, collapsed=collapsed) if model is not None else None
+            if blobs is None:
+                missing.append(name)
+            elif not expected:  # shapes unknown (net could not be built): name match only
+                matched.append(name)
+            elif len(blobs) == len(expected) and all(shape_equals(b, e) for b, e in zip(blobs, expected)):
+                matched.append(name)
+            else:
+                got = [blob_shape(b) for b in blobs]
+                mismatched.append(f"{name}: {list(expected)} vs {got}")
+        unused = tuple(k for k in table if k not in shapes)
+        candidate = PrototxtScore(member, net.name, role, mode if model is not None else None, tuple(matched),
+                                  tuple(mismatched), tuple(missing), unused, conv1_stride(net), input_shape(net),
+                                  notes, net, text)
+        if best is None or candidate.rank > best.rank:
+            best = candidate
+    assert best is not None
+    return best
+
+
+# -- permutations ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Permutations:
+    member: str
+    count: int
+    one_based: bool
+    min_hamming: int
+    format: str
+
+    def summary(self) -> dict[str, object]:
+        return {"member": self.member, "count": self.count, "one_based": self.one_based,
+                "min_hamming": self.min_hamming, "format": self.format}
+
+
+def read_permutations(member: str, data: bytes) -> Permutations | None:
+    """An (N, 9) permutation table from the authors' .bin or a .npy, or None when `data` is not one."""
+    if data.startswith(b"\x93NUMPY"):
+        try:
+            table = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError:
+            return None
+        fmt = f"npy {table.dtype} {tuple(table.shape)}"
+    else:
+        if len(data) < 8 or len(data) % 4:
+            return None
+        n, width = np.frombuffer(data[:8], "<i4")
+        if width != 9 or n <= 0 or len(data) != 8 + 4 * int(n) * 9:
+            return None
+        table = np.frombuffer(data[8:], "<i4").reshape(int(n), 9)
+        fmt = "int32 LE, header [N, 9], N*9 indices (the authors' .bin)"
+    if table.ndim != 2 or table.shape[1] != 9 or not np.issubdtype(table.dtype, np.integer):
+        return None
+    base = int(table.min())
+    if base not in (0, 1) or not np.all(np.sort(table, axis=1) == np.arange(base, base + 9)):
+        return None
+    diff = (table[:, None, :] != table[None, :, :]).sum(-1) if len(table) <= 4000 else None
+    if diff is not None:
+        np.fill_diagonal(diff, 9)
+    return Permutations(member, int(table.shape[0]), base == 1, int(diff.min()) if diff is not None else -1, fmt)

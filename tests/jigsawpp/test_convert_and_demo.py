@@ -1,0 +1,103 @@
+"""`jigsawpp convert --prototxt/--caffemodel`, the safetensors alias handling, and the demo (the README's main job)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import caffe_import
+from jigsawpp.cli import main
+from jigsawpp.io import load_state_dict_file, save_state_dict_file, sha256_file
+
+SMALL_NET = """
+name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 20 dim: 20 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+@pytest.fixture()
+def small_model(tmp_path):
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(SMALL_NET)
+    net = caffe_import.load(deploy, seed=3)
+    weights = tmp_path / "small.caffemodel"
+    caffe_import.save_caffemodel(net, weights)
+    return deploy, weights, net
+
+
+def test_convert_writes_weights_prototxt_and_manifest(tmp_path, small_model):
+    deploy, weights, net = small_model
+    out = tmp_path / "converted"
+    result = CliRunner().invoke(main, ["convert", "--prototxt", str(deploy), "--caffemodel", str(weights),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["deploy.prototxt", "manifest.json", "model.safetensors"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["caffemodel"]["sha256"] == sha256_file(weights)
+    assert manifest["inputs"]["prototxt"]["sha256"] == sha256_file(deploy)
+    assert manifest["net"]["inputs"] == {"data": [2, 3, 20, 20]}
+    assert manifest["net"]["outputs"] == {"prob": [2, 5]}
+    assert [layer["name"] for layer in manifest["net"]["layers"]] == ["conv1", "relu1", "pool1", "fc", "prob"]
+    state = load_state_dict_file(out / "model.safetensors")
+    assert set(state) == {"conv1.weight", "conv1.bias", "fc.weight", "fc.bias"}
+    assert torch.equal(state["fc.weight"], net.state_dict()["fc.weight"])
+
+
+def test_convert_refuses_non_empty_out_and_leaves_nothing_on_failure(tmp_path, small_model):
+    deploy, weights, _ = small_model
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    result = CliRunner().invoke(main, ["convert", "--prototxt", str(deploy), "--caffemodel", str(weights),
+                                       "--out", str(out)])
+    assert result.exit_code != 0 and "not empty" in str(result.exception)
+    assert (out / "keep.txt").read_text() == "user file"
+    broken = tmp_path / "broken.caffemodel"
+    broken.write_bytes(b"\x08\x96\x01 not a caffemodel")
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(main, ["convert", "--prototxt", str(deploy), "--caffemodel", str(broken),
+                                       "--out", str(fresh)])
+    assert result.exit_code != 0
+    assert not fresh.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fresh")]
+
+
+def test_shared_parameters_are_stored_once_and_restored(tmp_path):
+    shared = torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))
+    state = {"a.weight": shared, "b.weight": shared, "c.bias": torch.ones(2)}
+    path = save_state_dict_file(state, tmp_path / "m.safetensors")
+    loaded = load_state_dict_file(path)
+    assert set(loaded) == set(state)
+    assert torch.equal(loaded["b.weight"], shared.detach())
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for command in main.commands:
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    from jigsawpp.demo import run_demo
+
+    report = run_demo(tmp_path / "demo")
+    names = [step.name for step in report.steps]
+    assert names[:2] == ["write seeded caffemodel", "convert (caffe_import)"]
+    assert report.results["conv5_shape"] == [1, 256, 13, 13]
+    assert report.results["opencv_rel_conv5"] < 1e-4
+    assert (tmp_path / "demo" / "caffenet_converted" / "manifest.json").exists()
