@@ -1,8 +1,15 @@
 """`jigsawpp demo`: the README's main job, on an embedded default with no download.
 
-It walks the path a user takes with a released model, on a caffemodel we write ourselves (the real zips cannot be
-downloaded here): write a caffemodel for the bundled CaffeNet with seeded weights, convert it, run the converted
-net on a real photograph, and check it against OpenCV's independent Caffe importer. Each step is timed.
+It walks the path a user takes with a released model, on files we write ourselves (the real zips cannot be
+downloaded here):
+1. build a release-shaped zip like the authors' `jigsawpp.zip` (9-tower Jigsaw++ caffemodel with seeded weights,
+   deploy files, permutation file, pseudo-labels) in a nested folder layout;
+2. inspect it as `jigsawpp info` does, and convert it as `jigsawpp convert` does (tower collapse, the stride-2
+   pretext and stride-4 transfer variants, safetensors, ONNX export, onnxruntime parity, pseudo-labels);
+3. run the transfer model on a real photograph in PyTorch and in onnxruntime;
+4. write a caffemodel for the bundled CaffeNet, convert it, and check it against OpenCV's independent Caffe
+   importer on the same photograph.
+Each step is timed and returned; the CLI prints the table.
 """
 
 from __future__ import annotations
@@ -36,8 +43,13 @@ class DemoReport:
     results: dict[str, object] = field(default_factory=dict)
 
 
-def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], None] | None = None) -> DemoReport:
-    """Run the demo into `out_dir` and return what each step did and how long it took."""
+def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], None] | None = None,
+             release: bool = True) -> DemoReport:
+    """Run the demo into `out_dir` and return what each step did and how long it took.
+
+    `progress` receives a line per step and per sub-step (the CLI shows them under a progress bar);
+    `release=False` skips the release-zip part (steps 1-3).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out_dir=out_dir)
@@ -48,6 +60,9 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         start = time.perf_counter()
         detail = fn()
         report.steps.append(Step(name, time.perf_counter() - start, detail))
+
+    if release:
+        _release_steps(out_dir, seed=seed, timed=timed, say=say, report=report)
 
     deploy = prototxt.path("caffenet/deploy.prototxt")
     caffemodel = out_dir / "caffenet_seeded.caffemodel"
@@ -100,3 +115,65 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
     timed("load + run on a real photo", load_and_run)
     timed("parity vs OpenCV 4.x", opencv_check)
     return report
+
+
+def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[], str]], None],
+                   say: Callable[[str], None], report: DemoReport) -> None:
+    """Steps 1-3: a release-shaped zip through info, convert, ONNX and a real photo."""
+    import shutil
+
+    import numpy as np
+
+    from jigsawpp.fixtures import make_release_zip
+    from jigsawpp.models import from_release
+    from jigsawpp.release import convert_release, inspect_release
+
+    zip_path = out_dir / "jigsawpp.zip"
+    converted = out_dir / "jigsawpp_converted"
+    state: dict[str, object] = {}
+
+    def build_zip() -> str:
+        made = make_release_zip(zip_path, "jigsawpp", layout="nested", label_format="txt", seed=seed)
+        size = zip_path.stat().st_size / 2**20
+        return f"{zip_path.name}: {len(made['members'])} files, {size:.0f} MiB (seeded weights)"
+
+    def inspect() -> str:
+        info = inspect_release(zip_path)
+        state["info"] = info
+        checks = ", ".join(f"{c.name} {'ok' if c.ok else 'FAILED' if c.ok is False else 'noted'}" for c in info.checks)
+        return f"found caffemodel {Path(info.caffemodel.member).name} ({info.caffemodel.kind}); checks: {checks}"
+
+    def convert() -> str:
+        if converted.exists():
+            shutil.rmtree(converted)
+        manifest = convert_release(zip_path, converted, progress=lambda msg: say(f"  {msg}"))
+        state["manifest"] = manifest
+        parts = []
+        for variant, entry in manifest["variants"].items():
+            onnx = entry["parity"]["onnx"]
+            err = max(onnx["export_size"]["max_rel_err"].values()) if "export_size" in onnx else float("nan")
+            report.results[f"onnx_rel_err_{variant}"] = err
+            parts.append(f"{variant}{' (transfer)' if entry['for_transfer'] else ''}: ORT rel. err {err:.1e}")
+        labels = manifest["pseudo_labels"]
+        counts = ", ".join(f"{split} {entry['count']}" for split, entry in labels.items())
+        return "; ".join(parts) + f"; pseudo-labels {counts}"
+
+    def run_transfer() -> str:
+        import onnxruntime as ort
+
+        model = from_release(converted, variant="transfer")
+        x = caffe_blob(read_bgr(demo_photo_path()), size=227, mean_bgr=IMAGENET_MEAN_BGR)
+        with torch.inference_mode():
+            pool5 = model.features(x, upto="pool5")
+        variant = state["manifest"]["transfer_variant"]  # type: ignore[index]
+        session = ort.InferenceSession(str(converted / variant / "model.onnx"), providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        err = float(np.abs(onnx_out - pool5.numpy()).max() / max(1.0, float(pool5.abs().max())))
+        report.results["photo_transfer_onnx_rel_err"] = err
+        return (f"from_release(variant='transfer') on {demo_photo_path().name}: pool5 {tuple(pool5.shape)}; "
+                f"onnxruntime agrees to {err:.1e} (relative)")
+
+    timed("build release-shaped zip", build_zip)
+    timed("inspect zip (jigsawpp info)", inspect)
+    timed("convert zip + ONNX + ORT parity", convert)
+    timed("transfer model on a real photo", run_transfer)

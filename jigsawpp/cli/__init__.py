@@ -148,18 +148,38 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Working folder for the demo's files.")
+              show_default=True, help="Working folder for the demo's files (about 1 GB).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in weights.")
-def demo(out_dir: Path, seed: int) -> None:
-    """Run the main job on an embedded default (no download): write, convert, run and check a CaffeNet."""
+@click.option("--no-release", is_flag=True, help="Skip the release-zip part (only the CaffeNet/OpenCV check).")
+def demo(out_dir: Path, seed: int, no_release: bool) -> None:
+    """Run the main job on an embedded default (no download): a release-shaped zip through info, convert, ONNX
+    export and onnxruntime parity, then a real photo, then a CaffeNet checked against OpenCV."""
+    from tqdm import tqdm
+
     from jigsawpp.demo import run_demo
 
-    report = run_demo(out_dir, seed=seed, progress=lambda name: click.echo(f"… {name}", err=True))
+    total = 4 if no_release else 8
+    with tqdm(total=total, desc="demo", unit="step", leave=False) as bar:
+        def progress(message: str) -> None:
+            if message.startswith("  "):
+                bar.set_postfix_str(message.strip()[:60])
+            else:
+                if bar.n or bar.postfix:
+                    bar.update(1)
+                bar.set_description(message)
+
+        report = run_demo(out_dir, seed=seed, progress=progress, release=not no_release)
+        bar.update(total - bar.n)
     width = max(len(step.name) for step in report.steps)
-    click.echo(f"\njigsawpp demo — files in {report.out_dir}\n")
+    click.echo(f"jigsawpp demo — files in {report.out_dir}\n")
+    click.echo(f"  {'step':<{width}}  {'seconds':>7}  result")
     for step in report.steps:
-        click.echo(f"  {step.name:<{width}}  {step.seconds:7.2f} s  {step.detail}")
-    click.echo(f"  {'total':<{width}}  {sum(s.seconds for s in report.steps):7.2f} s")
+        click.echo(f"  {step.name:<{width}}  {step.seconds:7.2f}  {step.detail}")
+    click.echo(f"  {'total':<{width}}  {sum(s.seconds for s in report.steps):7.2f}")
+
+
+from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402
+_register_eval(main)
 
 
 if __name__ == "__main__":

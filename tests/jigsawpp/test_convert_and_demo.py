@@ -95,9 +95,18 @@ def test_every_command_has_help():
 def test_demo_runs_end_to_end(tmp_path):
     from jigsawpp.demo import run_demo
 
-    report = run_demo(tmp_path / "demo")
+    messages: list[str] = []
+    report = run_demo(tmp_path / "demo", progress=messages.append)
     names = [step.name for step in report.steps]
-    assert names[:2] == ["write seeded caffemodel", "convert (caffe_import)"]
+    assert names == ["build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
+                     "transfer model on a real photo", "write seeded caffemodel", "convert (caffe_import)",
+                     "load + run on a real photo", "parity vs OpenCV 4.x"]
+    assert report.results["onnx_rel_err_transfer_conv1s4"] < 1e-4
+    assert report.results["onnx_rel_err_pretext_conv1s2"] < 1e-4
+    assert report.results["photo_transfer_onnx_rel_err"] < 1e-4
     assert report.results["conv5_shape"] == [1, 256, 13, 13]
     assert report.results["opencv_rel_conv5"] < 1e-4
-    assert (tmp_path / "demo" / "caffenet_converted" / "manifest.json").exists()
+    converted = tmp_path / "demo" / "jigsawpp_converted"
+    assert {p.name for p in converted.iterdir()} >= {"manifest.json", "pretext_conv1s2", "transfer_conv1s4",
+                                                      "pseudo_labels"}
+    assert any(m.startswith("  ") for m in messages)  # sub-step progress from the converter
