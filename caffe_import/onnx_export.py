@@ -30,7 +30,6 @@ and output shapes come from the PyTorch net itself.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +46,7 @@ from torch import nn
 
 from caffe_import.errors import CaffeImportError
 from caffe_import.graph import Layer
+from caffe_import.layers.activations import _c_pow
 from caffe_import.layers.pooling import caffe_pool_output_size
 from caffe_import.net import CaffeNet
 
@@ -450,15 +450,6 @@ def _power(b: _Builder, layer: Layer, m: nn.Module) -> None:
         return
     steps = [("Mul", m.scale, 1), ("Add", m.shift, 0), ("Pow", m.power, 1)]
     _chain(b, x, y, [(op, v) for op, v, identity in steps if v != identity])
-
-
-def _c_pow(base: float, exponent: float) -> float:
-    """C `pow` (NaN for a negative base with a fractional exponent, inf for 0 ** negative), as PowerLayer uses."""
-    try:
-        value = base ** exponent
-    except ZeroDivisionError:
-        return math.inf
-    return math.nan if isinstance(value, complex) else float(value)
 
 
 def _chain(b: _Builder, x: str, y: str, steps: list[tuple[str, float]]) -> None:

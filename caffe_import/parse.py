@@ -195,12 +195,7 @@ def _upgrade_v0(v1: caffe_pb2.V1LayerParameter, source: str) -> caffe_pb2.LayerP
             spec.decay_mult = v0.weight_decay[i]
     if v0.type == "conv":
         p = out.convolution_param
-        p.num_output = v0.num_output
-        p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_v0_weights_params(v0, p)
         if v0.HasField("pad"):
             p.pad.append(v0.pad)
         p.kernel_size.append(v0.kernelsize)
@@ -214,12 +209,7 @@ def _upgrade_v0(v1: caffe_pb2.V1LayerParameter, source: str) -> caffe_pb2.LayerP
         p.pad = v0.pad
     elif v0.type == "innerproduct":
         p = out.inner_product_param
-        p.num_output = v0.num_output
-        p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_v0_weights_params(v0, p)
     elif v0.type == "lrn":
         p = out.lrn_param
         p.local_size = v0.local_size
@@ -233,6 +223,16 @@ def _upgrade_v0(v1: caffe_pb2.V1LayerParameter, source: str) -> caffe_pb2.LayerP
     elif v0.type == "padding":
         out.convolution_param.pad.append(v0.pad)  # carrier for the pad until it is folded
     return out
+
+
+def _copy_v0_weights_params(v0: caffe_pb2.V0LayerParameter, p) -> None:
+    """Fields V0 conv and innerproduct layers share: outputs, bias switch, fillers."""
+    p.num_output = v0.num_output
+    p.bias_term = v0.biasterm
+    if v0.HasField("weight_filler"):
+        p.weight_filler.CopyFrom(v0.weight_filler)
+    if v0.HasField("bias_filler"):
+        p.bias_filler.CopyFrom(v0.bias_filler)
 
 
 def _fold_v0_padding(layers: list[caffe_pb2.LayerParameter]) -> list[caffe_pb2.LayerParameter]:

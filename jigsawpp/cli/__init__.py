@@ -178,7 +178,7 @@ def demo(out_dir: Path, seed: int, no_release: bool) -> None:
     click.echo(f"  {'total':<{width}}  {sum(s.seconds for s in report.steps):7.2f}")
 
 
-from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402
+from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I001
 _register_eval(main)
 
 
