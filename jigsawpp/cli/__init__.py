@@ -150,15 +150,17 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
               show_default=True, help="Working folder for the demo's files (about 1 GB).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in weights.")
-@click.option("--no-release", is_flag=True, help="Skip the release-zip part (only the CaffeNet/OpenCV check).")
-def demo(out_dir: Path, seed: int, no_release: bool) -> None:
+@click.option("--no-release", is_flag=True, help="Skip the release-zip and detection parts (only the CaffeNet/OpenCV "
+                                                  "check).")
+@click.option("--no-detection", is_flag=True, help="Skip the short Fast R-CNN fine-tuning step (about a minute).")
+def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool) -> None:
     """Run the main job on an embedded default (no download): a release-shaped zip through info, convert, ONNX
-    export and onnxruntime parity, then a real photo, then a CaffeNet checked against OpenCV."""
+    export and onnxruntime parity, a real photo, a CaffeNet checked against OpenCV, and a short Fast R-CNN run."""
     from tqdm import tqdm
 
     from jigsawpp.demo import run_demo
 
-    total = 4 if no_release else 8
+    total = 4 if no_release else (8 if no_detection else 9)
     with tqdm(total=total, desc="demo", unit="step", leave=False) as bar:
         def progress(message: str) -> None:
             if message.startswith("  "):
@@ -168,7 +170,7 @@ def demo(out_dir: Path, seed: int, no_release: bool) -> None:
                     bar.update(1)
                 bar.set_description(message)
 
-        report = run_demo(out_dir, seed=seed, progress=progress, release=not no_release)
+        report = run_demo(out_dir, seed=seed, progress=progress, release=not no_release, detection=not no_detection)
         bar.update(total - bar.n)
     width = max(len(step.name) for step in report.steps)
     click.echo(f"jigsawpp demo — files in {report.out_dir}\n")
