@@ -89,7 +89,8 @@ def test_every_command_has_help():
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0
     paths = [[name] for name in main.commands]
-    paths += [[name, sub] for name, cmd in main.commands.items() if isinstance(cmd, click.Group) for sub in cmd.commands]
+    groups = {name: cmd for name, cmd in main.commands.items() if isinstance(cmd, click.Group)}
+    paths += [[name, sub] for name, group in groups.items() for sub in group.commands]
     for path in paths:
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, path
