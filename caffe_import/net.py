@@ -32,6 +32,7 @@ class _Step:
     bottoms: tuple[str, ...]
     tops: tuple[str, ...]
     frees: tuple[str, ...]      # SSA names whose last reader is this step
+    may_overwrite: bool         # an in-place layer whose input dies here: at inference it may run with inplace=True
 
 
 def _attr_name(layer_name: str, taken: set[str]) -> str:
@@ -181,10 +182,38 @@ class CaffeNet(nn.Module):
         steps = []
         for i, layer in enumerate(selected):
             frees = tuple(b for b in dict.fromkeys(layer.bottoms) if last_use[b] == i and b not in keep)
-            steps.append(_Step(self.layer_attr[layer.name], layer.bottoms, layer.tops, frees))
+            attr = self.layer_attr[layer.name]
+            # An in-place Caffe layer (bottom == top) may overwrite its input when nothing reads that version
+            # again and it is not a tensor the caller passed in: the saving hand-written nets get from inplace=True.
+            dies_here = len(layer.bottoms) == 1 and layer.bottoms[0] in frees
+            overwrite = (dies_here and layer.blob_bottoms == layer.blob_tops
+                         and layer.bottoms[0] not in self.graph.inputs and self._supports_inplace(self._modules[attr]))
+            steps.append(_Step(attr, layer.bottoms, layer.tops, frees, overwrite))
         plan = (tuple(steps), tuple(targets))
         self._plans[outputs] = plan
         return plan
+
+    @staticmethod
+    def _supports_inplace(module: nn.Module) -> bool:
+        """Parameter-free modules with an `inplace` switch (ReLU, Dropout, ...): flipping it changes no result."""
+        return isinstance(getattr(module, "inplace", None), bool) and not any(True for _ in module.parameters())
+
+    def _hooked(self) -> bool:
+        """Whether any forward (pre-)hook, on a layer or global, is registered."""
+        from torch.nn.modules import module as module_impl
+
+        if module_impl._global_forward_hooks or module_impl._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self._modules.values())
+
+    @staticmethod
+    def _sole_owner(env: dict[str, torch.Tensor], name: str, caller_storage: set[int]) -> bool:
+        """True when no other live blob and no caller input shares `name`'s storage (Split, Reshape, Crop, Slice
+        and Dropout at test time hand out views or the same tensor, so SSA names alone do not prove it)."""
+        ptr = env[name].untyped_storage().data_ptr()
+        if ptr in caller_storage:
+            return False
+        return not any(other != name and t.untyped_storage().data_ptr() == ptr for other, t in env.items())
 
     def forward(self, *args: torch.Tensor, outputs: Iterable[str] | None = None,
                 **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -202,8 +231,22 @@ class CaffeNet(nn.Module):
         if missing:
             raise TypeError(f"missing input blob(s) {missing}; the net's inputs are {list(self.graph.inputs)}")
         modules = self._modules
+        # Not while gradients are recorded, nor while hooks run: a hook may keep the tensor an in-place layer would
+        # overwrite (the usual way to grab features), and must see what it would without the optimisation.
+        may_overwrite = not torch.is_grad_enabled() and not self._hooked()
+        caller_storage = {t.untyped_storage().data_ptr() for t in env.values()} if may_overwrite else set()
         for step in steps:
-            result = modules[step.attr](*[env[b] for b in step.bottoms])
+            module = modules[step.attr]
+            if may_overwrite and step.may_overwrite and not module.inplace \
+                    and self._sole_owner(env, step.bottoms[0], caller_storage):
+                # The module itself, switched for this call: its train/eval mode and the user's hooks stay in force.
+                module.inplace = True
+                try:
+                    result = module(env[step.bottoms[0]])
+                finally:
+                    module.inplace = False
+            else:
+                result = module(*[env[b] for b in step.bottoms])
             if isinstance(result, tuple):
                 for ssa, value in zip(step.tops, result):
                     env[ssa] = value

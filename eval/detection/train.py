@@ -10,11 +10,12 @@ sequence; each loads its share; DistributedDataParallel averages the gradients, 
 because both losses are means over equally many ROIs per image. (The one-GPU blob zero-pads both images to a common
 size; a rank holding one image has no padding, which changes conv activations near the padded border.)
 
-Checkpoints (``<out>/checkpoints/iter_<7-digit iteration>/``, every ``snapshot_iters`` and at the end; ``latest.json`` names
-the newest) hold the weights (safetensors), Caffe's momentum histories and the torch RNG states (safetensors), and
-JSON with the iteration, the sampler state and the config. Nothing is pickled. Resuming restores all of it, so a
-killed run continues with the same mini-batches, dropout masks and updates it would have had: bit for bit on the
-CPU (tested), and on a GPU as far as its kernels are deterministic (cuDNN's are not by default).
+Checkpoints (``<out>/checkpoints/iter_<7-digit iteration>/``, every ``snapshot_iters`` and at the end;
+``latest.json`` names the newest) hold the weights (safetensors), Caffe's momentum histories and the torch RNG
+states (safetensors), and JSON with the iteration, the sampler state and the config. Nothing is pickled. Resuming
+restores all of it, so a killed run continues with the same mini-batches, dropout masks and updates it would have
+had: bit for bit on the CPU (tested), and on a GPU as far as its kernels are deterministic (cuDNN's are not by
+default).
 """
 
 from __future__ import annotations

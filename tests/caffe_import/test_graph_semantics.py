@@ -437,3 +437,75 @@ def test_registered_python_layer_runs(monkeypatch: pytest.MonkeyPatch, rng: np.r
     close(run(net, data=x)["out"], 16 * x)
     with pytest.raises(RuntimeError, match="already registered"):
         caffe_import.register_python("rpn.proposal_layer.ProposalLayer")(proposal)
+
+
+def test_inference_runs_in_place_layers_in_place_without_touching_shared_or_caller_tensors():
+    """Under no_grad an in-place Caffe layer overwrites its dead input (as hand-written inplace=True nets do), but
+    never a tensor that another live blob or the caller still holds (Split and Reshape alias storage)."""
+    text = """
+    layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+    layer { name: "flat" type: "Reshape" bottom: "data" top: "flat" reshape_param { shape { dim: 0 dim: -1 } } }
+    layer { name: "relu0" type: "ReLU" bottom: "flat" top: "flat" relu_param { negative_slope: 0.5 } }
+    layer { name: "split" type: "Split" bottom: "flat" top: "a" top: "b" }
+    layer { name: "relu_b" type: "ReLU" bottom: "b" top: "b" relu_param { negative_slope: 0.5 } }
+    layer { name: "pow_a" type: "Power" bottom: "a" top: "a" power_param { shift: -1 } }
+    layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+    """
+    net = caffe_import.load(caffe_import.read_prototxt_string(text))
+    x = torch.randn(2, 3, 4, 4)
+    original = x.clone()
+    with torch.no_grad():
+        out = net(data=x)["sum"]
+    leaky = torch.nn.functional.leaky_relu
+    f = leaky(original, 0.5).reshape(2, -1)
+    expected = (f - 1) + leaky(f, 0.5)      # relu_b must not overwrite `a`, which Split made the same tensor
+    assert torch.equal(x, original)          # the caller's tensor is untouched (flat is a view of it)
+    assert torch.allclose(out, expected)
+    with torch.enable_grad():
+        assert torch.allclose(net(data=x)["sum"], expected)
+
+
+INPLACE_CHAIN = """
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 4 dim: 16 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 32 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu" type: "ReLU" bottom: "fc" top: "fc" }
+layer { name: "drop" type: "Dropout" bottom: "fc" top: "fc" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+"""
+
+
+def test_in_place_inference_follows_train_eval_switches_made_after_the_first_run():
+    """A net first run in train mode and then switched to eval() must stop dropping out under no_grad too (the
+    in-place path once kept a copy of Dropout frozen in the mode of its first run)."""
+    net = caffe_import.load(caffe_import.read_prototxt_string(INPLACE_CHAIN), seed=3)
+    x = torch.randn(4, 16)
+    net.train()
+    with torch.no_grad():
+        net(data=x)
+    net.eval()
+    with torch.enable_grad():
+        expected = net(data=x)["out"].detach()
+    with torch.no_grad():
+        assert torch.equal(net(data=x)["out"], expected)
+        assert torch.equal(net(data=x)["out"], expected)
+
+
+def test_forward_hooks_see_the_values_they_would_without_in_place_inference():
+    """A hook that keeps a layer's output (the common way to grab features) must not find it overwritten by the
+    in-place ReLU that follows."""
+    net = caffe_import.load(caffe_import.read_prototxt_string(INPLACE_CHAIN), seed=3).eval()
+    x = torch.randn(4, 16)
+    kept: list[torch.Tensor] = []
+    handle = net.module_of("fc").register_forward_hook(lambda _m, _a, output: kept.append(output))
+    try:
+        with torch.no_grad():
+            net(data=x)
+    finally:
+        handle.remove()
+    fc = net.module_of("fc")
+    with torch.no_grad():
+        raw = torch.nn.functional.linear(x, fc.weight, fc.bias)
+    assert bool((raw < 0).any())             # the check can fail: the ReLU would change this tensor
+    assert torch.equal(kept[0], raw)
