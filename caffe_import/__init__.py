@@ -18,7 +18,7 @@ from caffe_import.graph import Graph, Layer, build_graph
 from caffe_import.layers import register, register_python, supported_types
 from caffe_import.net import CaffeNet
 from caffe_import.onnx_export import check_onnx, export_onnx
-from caffe_import.parse import read_caffemodel, read_prototxt, read_prototxt_string
+from caffe_import.parse import read_caffemodel, read_caffemodel_arrays, read_prototxt, read_prototxt_string
 from caffe_import.proto import caffe_pb2
 from caffe_import.weights import WeightReport, load_weights
 from caffe_import.writer import save_caffemodel
@@ -72,8 +72,12 @@ def load(
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         net.materialize(generator=generator)
     else:
-        weights, weights_source = _as_net(caffemodel, read_caffemodel)
+        lifted = None
+        if isinstance(caffemodel, caffe_pb2.NetParameter):
+            weights, weights_source = _as_net(caffemodel, read_caffemodel)
+        else:
+            (weights, lifted), weights_source = read_caffemodel_arrays(caffemodel), str(Path(caffemodel))
         net.weight_report = vars(load_weights(net, weights, strict=strict, allow_missing=allow_missing,
-                                              source=weights_source))
+                                              source=weights_source, lifted=lifted))
     net.train(phase == "TRAIN")
     return net

@@ -9,13 +9,17 @@ by layer name, and so do we.
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from caffe_import.errors import CaffeImportError, CaffeImportWarning
 from caffe_import.proto import caffe_pb2
 from caffe_import.textproto import parse_text
+from caffe_import.wire import BlobKey, WireError, lift_blob_data
 
 # protobuf messages cannot exceed 2 GiB - 1 byte (Caffe's own reader stops there too: io.cpp SetTotalBytesLimit).
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -115,7 +119,26 @@ def read_caffemodel(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
     """Parse a binary caffemodel (any version) into an upgraded V2 NetParameter."""
     path = Path(path)
     _check_size(path)
-    data = path.read_bytes()
+    return upgrade_net(_parse_binary(path.read_bytes(), path), source=str(path))
+
+
+def read_caffemodel_arrays(path: str | os.PathLike[str]) -> tuple[caffe_pb2.NetParameter, dict[BlobKey, np.ndarray]]:
+    """Like `read_caffemodel`, but the float data of uniquely named layers' blobs comes back as numpy arrays keyed
+    by (layer name, blob index) and is left out of the message (see `caffe_import.wire`): the same values, several
+    times faster and at half the peak memory."""
+    path = Path(path)
+    _check_size(path)
+    if path.stat().st_size == 0:
+        return upgrade_net(_parse_binary(b"", path), source=str(path)), {}
+    with path.open("rb", buffering=0) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        try:
+            stripped, arrays = lift_blob_data(mapped, file=handle)
+        except WireError:
+            stripped, arrays = mapped[:], {}
+    return upgrade_net(_parse_binary(stripped, path), source=str(path)), arrays
+
+
+def _parse_binary(data: bytes, path: Path) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(data)
@@ -123,7 +146,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
         raise CaffeImportError(
             f"{path}: not a binary Caffe NetParameter ({exc}); is it a text prototxt, a truncated download or a zip?"
         ) from None
-    return upgrade_net(net, source=str(path))
+    return net
 
 
 def upgrade_net(net: caffe_pb2.NetParameter, *, source: str) -> caffe_pb2.NetParameter:

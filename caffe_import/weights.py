@@ -8,11 +8,15 @@ every blob is consumed once and every shape asserted; a net layer without weight
 Shape matching follows `Blob::ShapeEquals`: blobs written before `BlobShape` existed carry the legacy 4-D
 num/channels/height/width, compared to the expected shape padded with leading 1s (so an InnerProduct weight
 stored as (1, 1, N, K) binds to (N, K)). Blobs stored in `double_data` are read and cast to float32.
+
+Binding is zero-copy where it can be: on a net still on the meta device the parsed arrays (from
+`read_caffemodel_arrays`, already fresh float32 memory) become the parameters themselves.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +53,12 @@ def shape_equals(blob: caffe_pb2.BlobProto, expected: tuple[int, ...]) -> bool:
     return (blob.num, blob.channels, blob.height, blob.width) == legacy
 
 
-def blob_array(blob: caffe_pb2.BlobProto, expected: tuple[int, ...], *, where: str, index: int) -> np.ndarray:
-    """The blob's values as a float32 array of the expected shape, or an error naming layer, blob and shapes."""
+def blob_array(blob: caffe_pb2.BlobProto, expected: tuple[int, ...], *, where: str, index: int,
+               lifted: np.ndarray | None = None) -> np.ndarray:
+    """The blob's values as a float32 array of the expected shape, or an error naming layer, blob and shapes.
+
+    `lifted` is the blob's data when `caffe_import.wire` took it out of the message before parsing.
+    """
     if not shape_equals(blob, expected):
         raise CaffeImportError(
             f"{where}: blob {index} has shape {blob_shape(blob)} in the caffemodel but the prototxt implies "
@@ -58,7 +66,9 @@ def blob_array(blob: caffe_pb2.BlobProto, expected: tuple[int, ...], *, where: s
             "kernel_size, group and the input size)."
         )
     count = int(np.prod(expected)) if expected else 1
-    if len(blob.data):
+    if lifted is not None:
+        values = lifted
+    elif len(blob.data):
         values = np.array(blob.data, dtype=np.float32)
     elif len(blob.double_data):
         values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
@@ -71,18 +81,37 @@ def blob_array(blob: caffe_pb2.BlobProto, expected: tuple[int, ...], *, where: s
     return values.reshape(expected)
 
 
-def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, allow_missing: bool = False,
-                 source: str = "<caffemodel>") -> WeightReport:
-    """Copy `weights` (an upgraded caffemodel NetParameter) into `net` (a materialised or meta `CaffeNet`)."""
+def _bind(module, attr: str, target: torch.Tensor, values: torch.Tensor) -> None:
+    """Use the parsed array itself as the parameter (no second 550 MB allocation and copy for VGG16) while the net
+    is still on the meta device; copy into existing storage otherwise (a materialised or already-used net)."""
+    if not target.is_meta:
+        target.copy_(values)
+    elif attr in module._parameters:
+        module._parameters[attr] = torch.nn.Parameter(values, requires_grad=target.requires_grad)
+    else:
+        module._buffers[attr] = values
+
+
+def _layers_with_blobs(weights: caffe_pb2.NetParameter) -> dict[str, caffe_pb2.LayerParameter]:
+    """Caffemodel layers by name; a repeated name keeps its last layer, as Caffe's CopyTrainedLayersFrom does."""
     by_name: dict[str, caffe_pb2.LayerParameter] = {}
     for lp in weights.layer:
         if len(lp.blobs):
             by_name[lp.name] = lp
+    return by_name
+
+
+def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, allow_missing: bool = False,
+                 source: str = "<caffemodel>", lifted: Mapping[tuple[str, int], np.ndarray] | None = None
+                 ) -> WeightReport:
+    """Copy `weights` (an upgraded caffemodel NetParameter) into `net` (a materialised or meta `CaffeNet`).
+
+    `lifted`: blob data that `read_caffemodel_arrays` took out of `weights`, by (layer name, blob index).
+    """
+    by_name = _layers_with_blobs(weights)
+    lifted = lifted or {}
     report = WeightReport()
     used: set[str] = set()
-    materialized = not any(p.is_meta for p in list(net.parameters()) + list(net.buffers()))
-    if not materialized:
-        net.to_empty(device="cpu")
     missing: list[str] = []
     first_copy: dict[str, tuple[str, np.ndarray]] = {}
     with torch.no_grad():
@@ -103,10 +132,12 @@ def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, 
                 )
             for i, (attr, blob) in enumerate(zip(names, lp.blobs)):
                 target = getattr(module, attr)
-                if not len(blob.data) and len(blob.double_data):
+                taken_out = lifted.get((lp.name, i))
+                if taken_out is None and not len(blob.data) and len(blob.double_data):
                     report.double_data.append(layer.name)
-                values = blob_array(blob, tuple(target.shape), where=f"{source}: {layer.where()}", index=i)
-                target.copy_(torch.from_numpy(values))
+                values = blob_array(blob, tuple(target.shape), where=f"{source}: {layer.where()}", index=i,
+                                    lifted=taken_out)
+                _bind(module, attr, target, torch.from_numpy(values))
                 spec = layer.param.param[i] if i < len(layer.param.param) else None
                 if spec is not None and spec.name:
                     if spec.name in first_copy:
@@ -122,6 +153,10 @@ def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, 
             "Rename the layers to match the caffemodel, or pass allow_missing=True to initialise them from their "
             "fillers."
         )
+    for layer in net.layers_with_shapes:  # layers left without weights (allow_missing) get storage to fill
+        module = net.module_of(layer.name)
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            module.to_empty(device="cpu")
     if missing:
         report.filled = missing
         for layer in net.layers_with_shapes:
