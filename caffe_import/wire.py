@@ -49,7 +49,8 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint, shared with the caffemodel writer."""
     out = bytearray()
     while True:
         low = value & 0x7F
@@ -98,7 +99,7 @@ def _fields(buf: memoryview, start: int, end: int) -> list[_Field]:
 
 
 def _length_field(number: int, body: bytes) -> bytes:
-    return _encode_varint(number << 3 | LENGTH_DELIMITED) + _encode_varint(len(body)) + body
+    return encode_varint(number << 3 | LENGTH_DELIMITED) + encode_varint(len(body)) + body
 
 
 def _strip_blob(buf: memoryview, blob: _Field) -> tuple[bytes, tuple[int, int]] | None:

@@ -17,20 +17,9 @@ import numpy as np
 import torch
 
 from caffe_import.proto import caffe_pb2
+from caffe_import.wire import encode_varint as _varint
 
 _LEN = 2  # protobuf wire type for length-delimited fields
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _tag(field_number: int) -> bytes:
