@@ -1,6 +1,6 @@
 """Packaging for jigsawpp (the method, release handling, CLI), caffe_import, eval and the bundled prototxt files."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="jigsawpp",
@@ -8,7 +8,8 @@ setup(
     description="Caffe-compatible reproduction toolkit for Noroozi et al., Boosting Self-Supervised Learning via "
     "Knowledge Transfer (CVPR 2018): exact Caffe import, ONNX export, and the paper's evaluations.",
     python_requires=">=3.10",
-    packages=find_packages(include=["jigsawpp*", "caffe_import*", "eval*", "prototxt*"]),
+    # namespace discovery, so the data-only folders (prototxt/vgg16, ...) are packages and setuptools stays quiet
+    packages=find_namespace_packages(include=["jigsawpp*", "caffe_import*", "eval*", "prototxt*"]),
     package_data={"prototxt": ["**/*.prototxt"], "caffe_import.proto": ["caffe.proto"]},
     include_package_data=True,
     install_requires=[
