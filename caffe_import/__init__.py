@@ -25,8 +25,8 @@ from caffe_import.writer import save_caffemodel
 
 __all__ = [
     "CaffeImportError", "CaffeImportWarning", "CaffeNet", "Graph", "Layer", "WeightReport", "build_graph",
-    "check_onnx", "export_onnx", "load", "load_weights", "read_caffemodel", "read_prototxt", "read_prototxt_string",
-    "register", "register_python", "save_caffemodel", "supported_types",
+    "check_onnx", "export_onnx", "load", "load_weights", "read_caffemodel", "read_caffemodel_arrays", "read_prototxt",
+    "read_prototxt_string", "register", "register_python", "save_caffemodel", "supported_types",
 ]
 
 PathOrNet = str | os.PathLike[str] | caffe_pb2.NetParameter
