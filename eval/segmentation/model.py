@@ -8,7 +8,7 @@ shelhamer/fcn.berkeleyvision.org@1305c73 ``voc-fcn-alexnet/net.py`` (also the bu
     fc7       Convolution 4096, kernel 1      -> relu7 -> drop7 (0.5)
     score_fr  Convolution 21, kernel 1        (param lr 1/2, decay 1/0; no filler: Caffe's constant 0)
     upscore   Deconvolution 21, kernel 63, stride 32, no bias, lr_mult 0, weights = bilinear kernel on the diagonal
-              (``surgery.interp`` / ``upsample_filt``), 0 elsewhere
+              (``surgery.interp`` / ``upsample_filt``, = `caffe_import.fillers.bilinear_kernel`), 0 elsewhere
     score     Crop(upscore, data) on axes 2-3 at offset 18      (the offset caffe.coord_map computes; see the
               prototxt's header)
 
@@ -29,27 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from caffe_import.fillers import bilinear_kernel
 from eval.transfer_layers import FC_LAYERS, TransferWeights
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
 
-__all__ = ["FCN_CROP_OFFSET", "FCNAlexNet", "bilinear_kernel", "build_fcn"]
+__all__ = ["FCN_CROP_OFFSET", "FCNAlexNet", "build_fcn"]
 
 FCN_CROP_OFFSET = 18  # deploy.prototxt crop_param offset (coord_map of data -> upscore)
 UPSCORE_KERNEL, UPSCORE_STRIDE = 63, 32  # voc-fcn-alexnet/net.py
 FRESH_FC_STD, FRESH_FC_BIAS = 0.005, 1.0  # colorization segmentation train_val.prototxt fc6/fc7 fillers
-
-
-def bilinear_kernel(size: int) -> np.ndarray:
-    """(size, size) float64 bilinear interpolation kernel (fcn ``surgery.upsample_filt``): with
-    f = ceil(size / 2) and c = f - 1 (odd size) or f - 0.5 (even), k[i, j] = (1 - |i - c| / f) (1 - |j - c| / f)."""
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    ramp = 1 - np.abs(np.arange(size) - center) / factor
-    return np.outer(ramp, ramp)
 
 
 class FCNAlexNet(CaffeAlexNet):
@@ -77,7 +68,8 @@ class FCNAlexNet(CaffeAlexNet):
     def reset_upscore(self) -> None:
         """The bilinear kernel on the (class, class) diagonal, 0 elsewhere (``surgery.interp``)."""
         self.upscore.weight.zero_()
-        kernel = torch.from_numpy(bilinear_kernel(UPSCORE_KERNEL)).to(self.upscore.weight)
+        # Caffe's bilinear filler equals FCN's upsample_filt (tests/test_reference_kernels.py)
+        kernel = bilinear_kernel((1, 1, UPSCORE_KERNEL, UPSCORE_KERNEL))[0, 0].to(self.upscore.weight)
         for c in range(self.num_classes):
             self.upscore.weight[c, c] = kernel
 

@@ -9,21 +9,23 @@ import torch
 
 import caffe_import
 import prototxt
+from caffe_import.fillers import bilinear_kernel
 from eval.segmentation.data import voc_segmentation_split
-from eval.segmentation.model import FCN_CROP_OFFSET, bilinear_kernel, build_fcn
+from eval.segmentation.model import FCN_CROP_OFFSET, build_fcn
 
 DEPLOY = "fcn_alexnet/deploy.prototxt"
 FCN_MEAN = (104.00699, 116.66877, 122.67892)
 
 
-def test_bilinear_kernel_is_fcns_upsample_filt():
-    k = bilinear_kernel(63)
-    assert k.shape == (63, 63) and k[31, 31] == 1.0 and k[31, 0] == pytest.approx(1 - 31 / 32)
-    assert bilinear_kernel(4)[1, 1] == pytest.approx((1 - 0.5 / 2) ** 2)  # even size: centre between pixels
-    # upsampling a constant map by 32 with this kernel gives the constant back away from the borders
-    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 6, 6), torch.from_numpy(k)[None, None].float(),
-                                              stride=32)
-    assert torch.allclose(up[0, 0, 40:150, 40:150], torch.ones(110, 110))
+def test_upscore_is_fcns_bilinear_interpolation():
+    model = build_fcn(None)
+    w = model.upscore.weight
+    assert not w.requires_grad and w.shape == (21, 21, 63, 63)
+    assert w[3, 3, 31, 31] == 1.0 and w[3, 3, 31, 0] == pytest.approx(1 - 31 / 32) and w[3, 4].abs().sum() == 0
+    # upsampling a constant map by 32 gives the constant back away from the borders
+    up = model.upscore(torch.ones(1, 21, 6, 6))
+    assert torch.allclose(up[0, :, 40:150, 40:150], torch.ones(21, 110, 110))
+    assert not model.score_fr.weight.any() and model.fc6.weight.std().item() == pytest.approx(0.005, rel=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def seeded_fcn_caffemodel(tmp_path_factory):
         weight = net.state_dict()["upscore.weight"]
         weight.zero_()
         for c in range(21):
-            weight[c, c] = torch.from_numpy(bilinear_kernel(63)).float()
+            weight[c, c] = bilinear_kernel((1, 1, 63, 63))[0, 0]
     path = tmp_path_factory.mktemp("fcn") / "fcn_alexnet_seeded.caffemodel"
     caffe_import.save_caffemodel(net, path)
     return path, net
