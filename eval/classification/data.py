@@ -146,15 +146,25 @@ class ClassificationSource:
                            min_scale=self.min_scale, max_scale=self.max_scale, mirror=self.mirror)
         return warp_crop(image, draw, crop=self.crop, mean_bgr=self.mean_bgr)
 
-    def next_batch(self) -> ClassificationBatch:
+    def plan(self) -> tuple[tuple[int, ...], int]:
+        """The next batch's image indices and its first draw id (all the randomness; cheap, called in order)."""
         picks = []
         for _ in range(self.batch_size):
             picks.append(int(self.order[self.position % len(self.order)]))
             self.position += self.world_size
-        crops = [self._load(i, self.draws + k) for k, i in enumerate(picks)]
+        first = self.draws
         self.draws += len(picks)
-        return ClassificationBatch(torch.from_numpy(np.stack(crops)), torch.from_numpy(self.targets[picks]),
-                                   tuple(picks))
+        return tuple(picks), first
+
+    def load(self, plan: tuple[tuple[int, ...], int]) -> ClassificationBatch:
+        """Decode and warp the planned images (thread-safe: the engine's PrefetchSource runs several at once)."""
+        picks, first = plan
+        crops = [self._load(i, first + k) for k, i in enumerate(picks)]
+        return ClassificationBatch(torch.from_numpy(np.stack(crops)), torch.from_numpy(self.targets[list(picks)]),
+                                   picks)
+
+    def next_batch(self) -> ClassificationBatch:
+        return self.load(self.plan())
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "draws": self.draws, "seed": self.seed}

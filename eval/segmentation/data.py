@@ -206,14 +206,22 @@ class FCNTrainSource:
     def next_index(self) -> int:
         return self._random.randint(0, len(self.split.samples) - 1)
 
-    def next_batch(self) -> SegBatch:
-        sample = self.split.samples[self.next_index()]
+    def plan(self) -> int:
+        """The next image's index (all the randomness; called in order)."""
+        return self.next_index()
+
+    def load(self, index: int) -> SegBatch:
+        """Read the image and its label map (thread-safe: the engine's PrefetchSource runs several at once)."""
+        sample = self.split.samples[index]
         data = load_image_blob(sample.image_path, self.mean_bgr)
         label = sample.read_label()
         if label.shape != tuple(data.shape[2:]):
             raise ValueError(f"image {sample.image_id}: the label map {sample.label_path} is {label.shape[1]}x"
                              f"{label.shape[0]} but the image is {data.shape[3]}x{data.shape[2]}.")
         return SegBatch(data, torch.from_numpy(label.astype(np.int64))[None], sample.image_id)
+
+    def next_batch(self) -> SegBatch:
+        return self.load(self.plan())
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self._random.getstate()
