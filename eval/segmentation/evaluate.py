@@ -163,7 +163,7 @@ def evaluate_segmenter(model: torch.nn.Module | Callable[[torch.Tensor], torch.T
     if rank != 0:
         return SegmentationRun(out, None, stamp, scores_path, results, None, tuple(overlays), seconds)
     scores = metric.compute()
-    write_json_atomic(results / PROVENANCE_FILENAME, {"protocol": stamp, "split": split.source})
+    write_json_atomic(results / PROVENANCE_FILENAME, stamp)
     write_segmentation_scores(scores, out, split=split.source, stamp=stamp)
     plot = plot_iu(scores, out / "iu.png", title=f"{split.name}: mean IU {scores.mean_iu:.3f} — "
                                                  f"{stamp.get('key', '')}"[:140])

