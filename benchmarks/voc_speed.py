@@ -123,12 +123,12 @@ def time_classification(device, *, batch: int, crops: int, iters: int, warmup: i
     """VOC07 classifier: images/s of a training step (batch at 227) and of testing (``crops`` crops per image)."""
     import numpy as np
     import torch
-    from jigsawpp.engine.solver import CaffeSGD, param_specs
 
     from eval.classification.config import VOCClassificationConfig
     from eval.classification.data import draw_affine, warp_crop
     from eval.classification.model import VARIANTS, build_classifier
     from eval.classification.pipeline import sigmoid_cross_entropy
+    from jigsawpp.engine.solver import CaffeSGD, param_specs
 
     cfg = VOCClassificationConfig()
     model = build_classifier(seeded_transfer_weights(), VARIANTS["all"]).to(device)
@@ -176,11 +176,11 @@ def time_fcn(device, *, size: tuple[int, int], iters: int, warmup: int, iter_siz
     """FCN-AlexNet: images/s of training passes (an update every ``iter_size``) and of testing, at ``size`` (W, H)."""
     import numpy as np
     import torch
-    from jigsawpp.engine.solver import CaffeSGD, param_specs
 
     from eval.segmentation.config import FCNConfig
     from eval.segmentation.model import build_fcn
     from eval.segmentation.pipeline import segmentation_loss
+    from jigsawpp.engine.solver import CaffeSGD, param_specs
 
     cfg = FCNConfig()
     model = build_fcn(seeded_transfer_weights()).to(device)

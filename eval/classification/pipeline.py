@@ -105,10 +105,9 @@ def evaluate_classifier(model: VOCClassifier, voc_root: str | os.PathLike[str], 
                         cfg: VOCClassificationConfig, *, stamp: dict[str, Any], device: str | torch.device = "cpu",
                         progress: bool = True) -> ClassificationRun:
     """Score every test image as the sum of ``cfg.test_crops`` randomly transformed crops and write the results."""
-    from jigsawpp.engine.distributed import world
-
     from eval.classification.results import plot_classification_curves, write_classification_scores, write_cls_results
     from jigsawpp.data import read_image_bgr
+    from jigsawpp.engine.distributed import world
     from jigsawpp.io import write_json_atomic
 
     out = Path(out_dir)
@@ -168,12 +167,11 @@ def run_classification(model_dir: str | os.PathLike[str], voc_root: str | os.Pat
         FileNotFoundError, KeyError, ValueError: a missing or malformed model folder or VOC file (named), a
             variant that cannot be trained from these layers, or a batch size the process count does not divide.
     """
+    from eval.detection.pipeline import resolve_voc_root
     from jigsawpp.engine.distributed import world
     from jigsawpp.engine.loop import PrefetchSource, train_loop
     from jigsawpp.engine.plots import plot_training_curves
     from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
-
-    from eval.detection.pipeline import resolve_voc_root
     from jigsawpp.io import save_state_dict_file, write_json_atomic
 
     out = Path(out_dir)

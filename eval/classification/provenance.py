@@ -27,9 +27,8 @@ PAPER_CLASSIFICATION_PROTOCOL = VOCClassificationConfig()
 def classification_stamp(cfg: VOCClassificationConfig, *, weights: TransferWeights, iterations: int | None,
                          device: Any, dataset: str, rescaled: dict[str, float] | None = None) -> dict[str, Any]:
     """The stamp for one run (``iterations``: SGD steps actually run)."""
-    from jigsawpp.engine.stamp import environment_stamp
-
     from jigsawpp import __version__
+    from jigsawpp.engine.stamp import environment_stamp
 
     variant = VARIANTS[cfg.variant]
     layers = CONV_LAYERS + (FC_LAYERS if variant.clip == "drop7" else ()) + ("fc8_cls",)

@@ -112,7 +112,6 @@ def run_segmentation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     from jigsawpp.engine.loop import PrefetchSource, train_loop
     from jigsawpp.engine.plots import plot_training_curves
     from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
-
     from jigsawpp.io import save_state_dict_file, write_json_atomic
 
     out = Path(out_dir)

@@ -23,9 +23,8 @@ PAPER_SEGMENTATION_PROTOCOL = FCNConfig()
 
 
 def _base(device: Any) -> dict[str, Any]:
-    from jigsawpp.engine.stamp import environment_stamp
-
     from jigsawpp import __version__
+    from jigsawpp.engine.stamp import environment_stamp
 
     return {"stamp_version": STAMP_VERSION, "tool": f"jigsawpp {__version__}", "protocol": PROTOCOL_NAME,
             "reference": "FCN-AlexNet, shelhamer/fcn.berkeleyvision.org@1305c73 (voc-fcn-alexnet)",
