@@ -273,6 +273,49 @@ def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
             {"seconds_per_image": seconds, "scales": list(cfg.test_scales), "proposals": len(proposals)})
 
 
+def _precisions(ctx: Context) -> tuple[str, ...]:
+    # fp16 autocast is a CUDA path; a tiny CPU run checks fp32 only
+    return ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)
+
+
+@step("voc-classification")
+def voc_classification(ctx: Context) -> tuple[str, dict]:
+    """Kraehenbuehl's VOC07 classifier: a training step (batch 16, clip 10) and 10-crop testing per precision, beside
+    a plain torchvision AlexNet fwd+bwd."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import time_classification, time_reference
+
+    batch, crops, iters, warmup = (2, 2, 1, 0) if ctx.tiny else (16, 10, 10, 3)
+    ref = time_reference(ctx.device, batch=batch, size=224, iters=iters, warmup=warmup)
+    data, figures = {"reference_train_images_per_s": ref["train_images_per_s"]}, []
+    for amp in _precisions(ctx):
+        rates = time_classification(ctx.device, batch=batch, crops=crops, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"classification {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.0f} img/s "
+                       f"({rates['train_images_per_s'] / ref['train_images_per_s']:.2f}x ref), "
+                       f"test {rates['test_images_per_s']:.0f} img/s")
+    return f"batch {batch}, {crops} test crops: " + "; ".join(figures), data
+
+
+@step("fcn-segmentation")
+def fcn_segmentation(ctx: Context) -> tuple[str, dict]:
+    """FCN-AlexNet at VOC's image size: training passes (update every 20) and testing per precision."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import PHOTO_SIZE, time_fcn
+
+    size, iters, warmup = ((96, 72), 1, 0) if ctx.tiny else (PHOTO_SIZE, 10, 3)
+    data, figures = {}, []
+    for amp in _precisions(ctx):
+        rates = time_fcn(ctx.device, size=size, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"FCN {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.1f} img/s, test {rates['test_images_per_s']:.1f}")
+    return f"{size[0]}x{size[1]}: " + "; ".join(figures), data
+
+
 @step("onnx-cuda")
 def onnx_cuda(ctx: Context) -> tuple[str, dict]:
     if ctx.device.type != "cuda":
