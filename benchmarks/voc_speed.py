@@ -126,14 +126,14 @@ def time_classification(device, *, batch: int, crops: int, iters: int, warmup: i
 
     from eval.classification.config import VOCClassificationConfig
     from eval.classification.data import draw_affine, warp_crop
-    from eval.classification.model import VARIANTS, build_classifier
+    from eval.classification.model import VARIANTS, build_classifier, classifier_param_specs
     from eval.classification.pipeline import sigmoid_cross_entropy
-    from jigsawpp.engine.solver import CaffeSGD, param_specs
+    from jigsawpp.engine.solver import CaffeSGD
 
     cfg = VOCClassificationConfig()
     model = build_classifier(seeded_transfer_weights(), VARIANTS["all"]).to(device)
-    optimizer = CaffeSGD(param_specs(model, bias=(2.0, 1.0)), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                         clip_gradients=cfg.clip_gradients)
+    optimizer = CaffeSGD(classifier_param_specs(model, VARIANTS["all"]), momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, clip_gradients=cfg.clip_gradients)
     image = photo_bgr()
     rng = np.random.default_rng(0)
 
@@ -178,14 +178,13 @@ def time_fcn(device, *, size: tuple[int, int], iters: int, warmup: int, iter_siz
     import torch
 
     from eval.segmentation.config import FCNConfig
-    from eval.segmentation.model import build_fcn
+    from eval.segmentation.model import build_fcn, fcn_param_specs
     from eval.segmentation.pipeline import segmentation_loss
-    from jigsawpp.engine.solver import CaffeSGD, param_specs
+    from jigsawpp.engine.solver import CaffeSGD
 
     cfg = FCNConfig()
     model = build_fcn(seeded_transfer_weights()).to(device)
-    optimizer = CaffeSGD(param_specs(model, bias=(1.0, 1.0), multipliers={"score_fr.bias": (2.0, 0.0)},
-                                     frozen=("upscore",)), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = CaffeSGD(fcn_param_specs(model), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     image = photo_bgr(size).astype(np.float32) - np.asarray(cfg.mean_bgr, np.float32)
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
     label = torch.zeros(1, size[1], size[0], dtype=torch.int64)

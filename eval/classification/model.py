@@ -29,7 +29,7 @@ from torch import nn
 from eval.transfer_layers import CONV_LAYERS, FC_LAYERS, TransferWeights
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
 
-__all__ = ["VARIANTS", "ClassifierVariant", "VOCClassifier", "build_classifier"]
+__all__ = ["VARIANTS", "ClassifierVariant", "VOCClassifier", "build_classifier", "classifier_param_specs"]
 
 RANDOM_STD, RANDOM_BIAS = 0.01, 0.1  # train_cls.py: np.random.normal(0, 0.01, ...), blobs[1] = 0.1
 
@@ -108,3 +108,12 @@ def build_classifier(weights: TransferWeights, variant: ClassifierVariant, *, se
                              f"{tuple(state[key].shape)} (a CaffeNet-layout stride-4 AlexNet).")
         state[key].copy_(value)
     return model
+
+
+def classifier_param_specs(model: VOCClassifier, variant: ClassifierVariant) -> list:
+    """Caffe multipliers of ``train_cls.py``: trained layers weights lr 1 / decay 1, biases lr 2 / decay 1
+    (``setLR(t, 1, 2)``, ``setDecay(t, 1, 1)``); the other layers 0 / 0."""
+    from jigsawpp.engine.solver import param_specs
+
+    layers = {name.rpartition(".")[0] for name, _ in model.named_parameters()}
+    return param_specs(model, weight=(1.0, 1.0), bias=(2.0, 1.0), frozen=sorted(layers - set(variant.trained)))

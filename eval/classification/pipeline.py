@@ -40,7 +40,7 @@ from eval.classification.config import VOCClassificationConfig
 from eval.classification.data import ClassificationSource, draw_affine, warp_crop
 from eval.classification.labels import IGNORE_LABEL, VOCClassLabels, read_class_labels, training_targets
 from eval.classification.metric import ClassificationAP, VOCClassificationMetric
-from eval.classification.model import VARIANTS, VOCClassifier, build_classifier
+from eval.classification.model import VARIANTS, VOCClassifier, build_classifier, classifier_param_specs
 from eval.classification.provenance import classification_stamp
 from eval.transfer_layers import CONV_LAYERS, transfer_weights_from_model_dir
 
@@ -171,7 +171,7 @@ def run_classification(model_dir: str | os.PathLike[str], voc_root: str | os.Pat
     from jigsawpp.engine.distributed import world
     from jigsawpp.engine.loop import PrefetchSource, train_loop
     from jigsawpp.engine.plots import plot_training_curves
-    from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
+    from jigsawpp.engine.solver import CaffeSGD, LRPolicy
     from jigsawpp.io import save_state_dict_file, write_json_atomic
 
     out = Path(out_dir)
@@ -187,10 +187,7 @@ def run_classification(model_dir: str | os.PathLike[str], voc_root: str | os.Pat
     train = read_class_labels(voc, cfg.train_split)
     paths = _image_paths(voc, train)
     rescaled = _rescale(model, paths, cfg, device) if cfg.rescale else None
-    frozen = [name for name, _ in model.named_children()
-              if any(True for _ in getattr(model, name).parameters()) and name not in variant.trained]
-    specs = param_specs(model, weight=(1.0, 1.0), bias=(2.0, 1.0), frozen=frozen)  # setLR(1, 2), setDecay(1, 1)
-    optimizer = CaffeSGD(specs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+    optimizer = CaffeSGD(classifier_param_specs(model, variant), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          clip_gradients=cfg.clip_gradients)
     policy = LRPolicy("step", cfg.base_lr, gamma=cfg.lr_gamma, stepsize=cfg.lr_stepsize)
     source = ClassificationSource(paths, training_targets(train.labels), batch_size=cfg.batch_size // size,

@@ -36,7 +36,7 @@ from caffe_import.fillers import bilinear_kernel
 from eval.transfer_layers import FC_LAYERS, TransferWeights
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
 
-__all__ = ["FCN_CROP_OFFSET", "FCNAlexNet", "build_fcn"]
+__all__ = ["FCN_CROP_OFFSET", "FCNAlexNet", "build_fcn", "fcn_param_specs"]
 
 FCN_CROP_OFFSET = 18  # deploy.prototxt crop_param offset (coord_map of data -> upscore)
 UPSCORE_KERNEL, UPSCORE_STRIDE = 63, 32  # voc-fcn-alexnet/net.py
@@ -118,3 +118,12 @@ def build_fcn(weights: TransferWeights | None, *, seed: int = 0, num_classes: in
                                  f"{tuple(target.shape)} (a CaffeNet-layout AlexNet).")
             target.copy_(value.reshape(target.shape))  # fc6 (4096, 9216) -> (4096, 256, 6, 6), as surgery.transplant
     return model
+
+
+def fcn_param_specs(model: FCNAlexNet) -> list:
+    """Caffe multipliers of ``voc-fcn-alexnet/net.py``: its conv/fc layers declare no ``param``, so weights and
+    biases both get lr 1 / decay 1; ``score_fr`` biases lr 2 / decay 0; ``upscore`` lr 0 (frozen)."""
+    from jigsawpp.engine.solver import param_specs
+
+    return param_specs(model, weight=(1.0, 1.0), bias=(1.0, 1.0), multipliers={"score_fr.bias": (2.0, 0.0)},
+                       frozen=("upscore",))

@@ -37,7 +37,7 @@ from eval.segmentation.data import (
 )
 from eval.segmentation.evaluate import SegmentationRun, evaluate_segmenter, load_caffe_segmenter
 from eval.segmentation.labels import VOID_LABEL
-from eval.segmentation.model import FCNAlexNet, build_fcn
+from eval.segmentation.model import FCNAlexNet, build_fcn, fcn_param_specs
 from eval.segmentation.provenance import caffe_test_stamp, segmentation_stamp
 from eval.transfer_layers import CONV_LAYERS, transfer_weights_from_model_dir
 
@@ -111,7 +111,7 @@ def run_segmentation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     from jigsawpp.engine.distributed import world
     from jigsawpp.engine.loop import PrefetchSource, train_loop
     from jigsawpp.engine.plots import plot_training_curves
-    from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
+    from jigsawpp.engine.solver import CaffeSGD, LRPolicy
     from jigsawpp.io import save_state_dict_file, write_json_atomic
 
     out = Path(out_dir)
@@ -127,10 +127,7 @@ def run_segmentation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     weights = transfer_weights_from_model_dir(model_dir, transfer=cfg.transfer)
     model = build_fcn(weights, seed=cfg.init_seed)
     rescaled = _rescale(model, train, cfg, device) if cfg.rescale else None
-    # net.py: conv/fc layers have no param {}: lr 1 decay 1 for weights and biases; score_fr bias 2/0; upscore 0
-    specs = param_specs(model, weight=(1.0, 1.0), bias=(1.0, 1.0), multipliers={"score_fr.bias": (2.0, 0.0)},
-                        frozen=("upscore",))
-    optimizer = CaffeSGD(specs, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = CaffeSGD(fcn_param_specs(model), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     source = FCNTrainSource(train, mean_bgr=cfg.mean_bgr, seed=cfg.data_seed, rank=rank)
     stamp_args = dict(weights=weights, device=device, train=train.source, val=val.source, rescaled=rescaled)
     if rank == 0:

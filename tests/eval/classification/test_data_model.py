@@ -133,3 +133,36 @@ def test_fc6_fc7_transfer_on_request(conv_model_dir, tmp_path):
     with pytest.raises(ValueError, match="transfer is 'fc'"):
         transfer_weights_from_model_dir(conv_model_dir, transfer="fc")
     assert isinstance(VOCClassifier(), torch.nn.Module)
+
+
+def sigmoid_loss_port(f, t, n):
+    """philkr's python_layers.SigmoidCrossEntropyLoss forward and backward in float64 (ignore_label 255)."""
+    mask = (t != 255).astype(np.float64)
+    lz = np.log(1 + np.exp(-np.abs(f))) * mask
+    loss = np.sum(lz + ((f > 0) - t) * f * mask) / n
+    dlz = np.exp(np.minimum(f, 0)) / (np.exp(np.minimum(f, 0)) + np.exp(-np.maximum(f, 0))) * mask
+    return loss, (dlz - t * mask) / n
+
+
+def test_sigmoid_loss_equals_philkrs_layer():
+    from eval.classification.pipeline import sigmoid_cross_entropy
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(scale=4, size=(5, 20))
+    t = rng.choice([0.0, 1.0, 255.0], size=(5, 20), p=[0.6, 0.3, 0.1])
+    logits = torch.tensor(f, requires_grad=True)
+    loss = sigmoid_cross_entropy(logits, torch.tensor(t))
+    loss.backward()
+    ref_loss, ref_grad = sigmoid_loss_port(f, t, 5)
+    assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-6)  # over the batch size, not the labelled count
+    np.testing.assert_allclose(logits.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_multipliers_follow_train_cls(conv_model_dir):
+    from eval.classification.model import classifier_param_specs
+
+    weights = transfer_weights_from_model_dir(conv_model_dir)
+    model = build_classifier(weights, VARIANTS["fc678"])
+    specs = {s.name: (s.lr_mult, s.decay_mult) for s in classifier_param_specs(model, VARIANTS["fc678"])}
+    assert specs["conv5.weight"] == (0.0, 0.0) and specs["conv1.bias"] == (0.0, 0.0)
+    assert specs["fc6.weight"] == (1.0, 1.0) and specs["fc7.bias"] == (2.0, 1.0) and specs["fc8_cls.bias"] == (2.0, 1.0)

@@ -109,3 +109,45 @@ def test_caffe_test_cuts_a_python_data_layer(seeded_fcn_caffemodel, seg_sample, 
     x = load_image_blob(voc_segmentation_split(seg_sample.root, "val").samples[0].image_path, FCN_MEAN)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), net(data=x)["score"], rtol=0, atol=0)
+
+
+def softmax_loss_port(score, label):
+    """Caffe SoftmaxWithLoss forward/backward, normalize true (VALID), ignore_label 255, in float64."""
+    c = score.shape[1]
+    s = score[0].reshape(c, -1)
+    y = label.reshape(-1)
+    p = np.exp(s - s.max(0))
+    p /= p.sum(0)
+    valid = y != 255
+    count = max(1, int(valid.sum()))
+    loss = -np.log(np.maximum(p[y[valid], np.flatnonzero(valid)], np.finfo(np.float32).tiny)).sum() / count
+    grad = p.copy()
+    grad[y[valid], np.flatnonzero(valid)] -= 1
+    grad[:, ~valid] = 0
+    return loss, (grad / count).reshape(score.shape)
+
+
+def test_segmentation_loss_equals_softmax_with_loss():
+    from eval.segmentation.pipeline import segmentation_loss
+
+    rng = np.random.default_rng(1)
+    score = rng.normal(scale=3, size=(1, 21, 7, 9))
+    label = rng.integers(0, 21, size=(1, 7, 9))
+    label[0, :2] = 255
+    x = torch.tensor(score, requires_grad=True)
+    loss = segmentation_loss(x, torch.tensor(label))
+    loss.backward()
+    ref_loss, ref_grad = softmax_loss_port(score, label)
+    assert float(loss.detach()) == pytest.approx(ref_loss, rel=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-8)
+    void = torch.full((1, 7, 9), 255)
+    assert float(segmentation_loss(torch.tensor(score), void)) == 0.0  # Caffe divides by max(1, 0)
+
+
+def test_fcn_multipliers_follow_net_py():
+    from eval.segmentation.model import fcn_param_specs
+
+    specs = {s.name: (s.lr_mult, s.decay_mult) for s in fcn_param_specs(build_fcn(None))}
+    assert specs["conv1.bias"] == (1.0, 1.0) and specs["fc6.bias"] == (1.0, 1.0)  # no param {} in net.py
+    assert specs["score_fr.weight"] == (1.0, 1.0) and specs["score_fr.bias"] == (2.0, 0.0)
+    assert specs["upscore.weight"] == (0.0, 0.0)
