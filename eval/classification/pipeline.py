@@ -152,8 +152,8 @@ def evaluate_classifier(model: VOCClassifier, voc_root: str | os.PathLike[str], 
     ap = metric.compute()
     scores_path = write_classification_scores(ap, out, split=cfg.test_split, stamp=stamp)
     curves = plot_classification_curves(ap, out / "pr_curves.png", title=(
-        f"VOC {cfg.test_split}: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} (11-point) — "
-        f"{stamp.get('key', '')}")[:150])
+        f"VOC {cfg.test_split}: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} (11-point)\n"
+        f"{stamp.get('key', '')}"))
     return ClassificationRun(out, ap, stamp, scores_path, results, curves, None, seconds)
 
 

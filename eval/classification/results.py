@@ -171,7 +171,8 @@ def plot_classification_curves(ap: ClassificationAP, path: str | os.PathLike[str
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
-    ax.set_title(title or f"VOC classification: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} (11-point)")
+    ax.set_title(title or f"VOC classification: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} (11-point)",
+                 fontsize=9)
     ax.legend(title="class  AP sklearn / 11-pt", fontsize=7, title_fontsize=8, loc="center left",
               bbox_to_anchor=(1, 0.5))
     fig.tight_layout()

@@ -165,6 +165,5 @@ def evaluate_segmenter(model: torch.nn.Module | Callable[[torch.Tensor], torch.T
     scores = metric.compute()
     write_json_atomic(results / PROVENANCE_FILENAME, stamp)
     write_segmentation_scores(scores, out, split=split.source, stamp=stamp)
-    plot = plot_iu(scores, out / "iu.png", title=f"{split.name}: mean IU {scores.mean_iu:.3f} — "
-                                                 f"{stamp.get('key', '')}"[:140])
+    plot = plot_iu(scores, out / "iu.png", title=f"{split.name}: mean IU {scores.mean_iu:.3f}\n{stamp.get('key', '')}")
     return SegmentationRun(out, scores, stamp, scores_path, results, plot, tuple(overlays), seconds)

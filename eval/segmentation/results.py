@@ -118,7 +118,8 @@ def plot_iu(scores: SegmentationScores, path: str | os.PathLike[str], *, title: 
     ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("IU")
-    ax.set_title(title or f"segmentation: mean IU {scores.mean_iu:.3f}, pixel accuracy {scores.pixel_accuracy:.3f}")
+    ax.set_title(title or f"segmentation: mean IU {scores.mean_iu:.3f}, pixel accuracy {scores.pixel_accuracy:.3f}",
+                 fontsize=9)
     fig.tight_layout()
     fd, tmp = atomic_path(path)
     try:
