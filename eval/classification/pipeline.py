@@ -42,6 +42,7 @@ from eval.classification.labels import IGNORE_LABEL, VOCClassLabels, read_class_
 from eval.classification.metric import ClassificationAP, VOCClassificationMetric
 from eval.classification.model import VARIANTS, VOCClassifier, build_classifier, classifier_param_specs
 from eval.classification.provenance import classification_stamp
+from eval.segmentation.evaluate import autocast_dtype
 from eval.transfer_layers import CONV_LAYERS, transfer_weights_from_model_dir
 
 __all__ = ["ClassificationRun", "evaluate_classifier", "run_classification", "sigmoid_cross_entropy"]
@@ -117,7 +118,7 @@ def evaluate_classifier(model: VOCClassifier, voc_root: str | os.PathLike[str], 
     test = read_class_labels(voc, cfg.test_split)
     paths = _image_paths(voc, test)
     model.to(device).eval()
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    dtype = autocast_dtype(cfg.amp)
     scores = torch.zeros(len(paths), len(test.class_names), dtype=torch.float64, device=device)
     indices = range(rank, len(paths), size)
     if progress and rank == 0:

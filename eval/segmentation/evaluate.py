@@ -36,7 +36,6 @@ from eval.segmentation.metric import SegmentationMetric, SegmentationScores
 __all__ = ["PROVENANCE_FILENAME", "SegmentationRun", "autocast_dtype", "evaluate_segmenter", "load_caffe_segmenter"]
 
 PROVENANCE_FILENAME = "provenance.json"
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,15 +54,12 @@ class SegmentationRun:
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp is {amp!r}; expected one of {sorted(AMP_DTYPES)}.")
-    return AMP_DTYPES[amp]
+    """The autocast dtype of an ``amp`` setting ("off", "bf16", "fp16"; the engine's names), None for off."""
+    from jigsawpp.engine.loop import AMP_DTYPES
 
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    if amp != "off" and amp not in AMP_DTYPES:
+        raise ValueError(f"amp is {amp!r}; expected 'off' or one of {sorted(AMP_DTYPES)}.")
+    return AMP_DTYPES.get(amp)
 
 
 def load_caffe_segmenter(prototxt_path: str | os.PathLike[str], caffemodel: str | os.PathLike[str], *,
@@ -120,6 +116,7 @@ def evaluate_segmenter(model: torch.nn.Module | Callable[[torch.Tensor], torch.T
     """Predict every image of ``split`` at its own size and write predictions, scores, plot and overlays."""
     from eval.segmentation.results import plot_iu, write_segmentation_scores
     from jigsawpp.data import read_image_bgr
+    from jigsawpp.engine.distributed import world as world_of
     from jigsawpp.io import write_json_atomic
 
     out = Path(out_dir)
@@ -127,7 +124,7 @@ def evaluate_segmenter(model: torch.nn.Module | Callable[[torch.Tensor], torch.T
     results.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     dtype = autocast_dtype(amp)
-    rank, world = _world()
+    rank, world = world_of()
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
     metric = SegmentationMetric(num_classes)

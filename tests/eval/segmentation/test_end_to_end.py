@@ -19,22 +19,19 @@ ITERS = 16
 
 
 @pytest.fixture(scope="module")
-def conv_model_dir(tmp_path_factory):
-    import prototxt
-    from jigsawpp.convert import convert_caffe
-    from jigsawpp.fixtures import seeded_caffemodel
-
-    base = tmp_path_factory.mktemp("model")
-    definition = prototxt.path("alexnet/conv_conv1s4.prototxt")
-    seeded_caffemodel(definition, base / "weights.caffemodel", seed=0)
-    return convert_caffe(definition, base / "weights.caffemodel", base / "converted").out_dir
-
-
-@pytest.fixture(scope="module")
 def runs(seg_sample, sbd_sample, conv_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("fcn_runs")
     common = dict(voc_root=seg_sample.root, sbd_root=sbd_sample, progress=False)
-    untrained = run_segmentation(conv_model_dir, base / "untrained", FCNConfig(**FAST, max_iters=0), **common)
+    # the untrained net as the pipeline builds it, tested without a training run's files
+    from eval.segmentation.data import voc_segmentation_split
+    from eval.segmentation.evaluate import evaluate_segmenter
+    from eval.segmentation.model import build_fcn
+    from eval.transfer_layers import transfer_weights_from_model_dir
+
+    cfg = FCNConfig(**FAST)
+    untrained = evaluate_segmenter(build_fcn(transfer_weights_from_model_dir(conv_model_dir), seed=cfg.init_seed),
+                                   voc_segmentation_split(seg_sample.root, "val"), base / "untrained",
+                                   mean_bgr=cfg.mean_bgr, stamp={"key": "untrained"}, progress=False)
     trained = run_segmentation(conv_model_dir, base / "trained", FCNConfig(**FAST, max_iters=ITERS), **common)
     return untrained, trained
 
