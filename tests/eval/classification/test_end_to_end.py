@@ -20,8 +20,16 @@ FAST = dict(variant="fc678", batch_size=4, base_lr=0.01, test_crops=2, snapshot_
 @pytest.fixture(scope="module")
 def runs(cls_sample, conv_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("cls_runs")
-    untrained = run_classification(conv_model_dir, cls_sample.root, base / "untrained",
-                                   VOCClassificationConfig(**FAST, max_iters=0), progress=False)
+    # the untrained net as the pipeline builds it, tested without a training run's files
+    from eval.classification.model import VARIANTS, build_classifier
+    from eval.classification.pipeline import evaluate_classifier
+    from eval.transfer_layers import transfer_weights_from_model_dir
+
+    cfg = VOCClassificationConfig(**FAST)
+    model = build_classifier(transfer_weights_from_model_dir(conv_model_dir), VARIANTS[cfg.variant],
+                             seed=cfg.init_seed)
+    untrained = evaluate_classifier(model, cls_sample.root, base / "untrained", cfg, stamp={"key": "untrained"},
+                                    progress=False)
     first = run_classification(conv_model_dir, cls_sample.root, base / "trained",
                                VOCClassificationConfig(**FAST, max_iters=3), progress=False)
     trained = run_classification(conv_model_dir, cls_sample.root, base / "trained",
