@@ -9,6 +9,7 @@ The result, a `ReleaseInfo`, is what `jigsawpp info` prints and what `convert_re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,7 @@ class _Scan:
         from jigsawpp.io import sha256_file
 
         self.zip_sha256 = sha256_file(self.archive.path)
-        pending: list[tuple[Member, str, str, bytes | None]] = []
+        pending: list[tuple[Member, str, str, str | None]] = []  # (member, role, why, sha256)
         prototxt_members: list[Member] = []
         for m in self.archive.members:
             if m.name.startswith("__MACOSX/") or m.basename.startswith("._") or m.basename in (".DS_Store",
@@ -195,8 +196,8 @@ class _Scan:
             data = self.archive.read(m.name)
             self.texts[m.name] = data.decode("utf-8-sig", errors="replace")
             self.scores.append(score_prototxt(m.name, self.texts[m.name], self.model))
-        for m, role, why, data in pending:
-            digest = _sha256(data) if isinstance(data, bytes) else self.archive.sha256(m.name)
+        for m, role, why, known in pending:
+            digest = known if known is not None else self.archive.sha256(m.name)
             if role == "labels":
                 found = next((f for f in self.labels if f.member == m.name), None)
                 if found is not None:
@@ -217,7 +218,7 @@ class _Scan:
             return "labels", "text lines ending in an integer"
         return "other", "text that is neither a net definition nor a label list"
 
-    def _classify_binary(self, m: Member, head: bytes) -> tuple[Member, str, str, bytes | None]:
+    def _classify_binary(self, m: Member, head: bytes) -> tuple[Member, str, str, str | None]:
         lower = m.basename.lower()
         if head.startswith(b"\x93NUMPY") or head.startswith(b"PK\x03\x04"):
             data = self.archive.read(m.name)
@@ -227,7 +228,7 @@ class _Scan:
             try:
                 labels = parse_label_file(m.name, data)
             except (LabelFileError, ValueError) as exc:
-                return m, "other", f"numpy data, not labels ({exc})", data
+                return m, "other", f"numpy data, not labels ({exc})", _sha256(data)
             return m, "labels", f"numpy {('npz' if head.startswith(b'PK') else 'npy')} with a label vector", \
                 self._labels(m, data, labels)
         if head.startswith(b"\x89HDF"):
@@ -244,43 +245,52 @@ class _Scan:
                 None
         return m, "other", "binary data of no known kind", None
 
-    def _perms(self, m: Member, perms: Permutations, data: bytes) -> tuple[Member, str, str, bytes]:
+    def _perms(self, m: Member, perms: Permutations, data: bytes) -> tuple[Member, str, str, str]:
         if self.permutations is not None:
             self.notes.append(f"{m.name}: a second permutation file; using {self.permutations.member}")
         else:
             self.permutations = perms
-        return m, "permutations", f"{perms.count} permutations of 9 tiles ({perms.format})", data
+        return m, "permutations", f"{perms.count} permutations of 9 tiles ({perms.format})", _sha256(data)
 
-    def _labels(self, m: Member, data: bytes | None = None, parsed: PseudoLabels | None = None) -> bytes | None:
+    def _labels(self, m: Member, data: bytes | None = None, parsed: PseudoLabels | None = None) -> str:
+        """Parse a label file; returns its sha256."""
         data = data if data is not None else self.archive.read(m.name)
         try:
             parsed = parsed or parse_label_file(m.name, data)
         except LabelFileError as exc:
             self.notes.append(f"{m.name}: looked like a label list but: {exc}")
-            return data
+            return _sha256(data)
         split, why = guess_split(m.name, parsed)
         self.labels.append(LabelsFound(m.name, split, why, parsed))
-        return data
+        return _sha256(data)
 
-    def _caffemodel(self, m: Member, why: str) -> tuple[Member, str, str, bytes | None]:
-        data = self.archive.read(m.name)
+    def _caffemodel(self, m: Member, why: str) -> tuple[Member, str, str, str]:
+        data, digest = self._read_hashed(m)
         try:
-            net = parse_caffemodel(m.name, data)
+            net, arrays = parse_caffemodel(m.name, data)
         except ReleaseError as exc:
             if m.basename.lower().endswith(".caffemodel"):
                 self.bad_caffemodels.append(str(exc))
-            return m, "other", str(exc), data
-        info = describe_caffemodel(m.name, net)
+            return m, "other", str(exc), digest
+        del data  # the arrays are copies; the member's bytes are not needed any more
+        info = describe_caffemodel(m.name, net, arrays)
         self.caffemodel_candidates.append(m.name)
         if self.model is None or m.size > self.archive.member(self.model.member).size:
             self.model = info
         n = len(info.layers)
-        return m, "caffemodel", f"{why}: NetParameter with {n} weight layers; {info.kind}: {info.why}", data
+        return m, "caffemodel", f"{why}: NetParameter with {n} weight layers; {info.kind}: {info.why}", digest
+
+    def _read_hashed(self, m: Member) -> tuple[bytearray, str]:
+        """The member's bytes and their sha256 in one pass (`SafeZip.iter_bytes` checks sizes and the CRC)."""
+        data = bytearray()
+        digest = hashlib.sha256()
+        for chunk in self.archive.iter_bytes(m.name):
+            data += chunk
+            digest.update(chunk)
+        return data, digest.hexdigest()
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

@@ -2,7 +2,9 @@
 
 The zips' layout is undocumented (research notes, section 1.2), so nothing here trusts folder or file names alone:
 
-* a caffemodel is a binary `NetParameter` whose layers carry blobs (parsed with `caffe_import`);
+* a caffemodel is a binary `NetParameter` whose layers carry blobs, read from the member's bytes as
+  `caffe_import.read_caffemodel_arrays` reads a file (`caffe_import.wire`: the float payloads are lifted into
+  numpy arrays before protobuf parses the rest, several times faster than converting parsed repeated fields);
 * a prototxt is text that parses as a `NetParameter` with layers; it is scored by how many of its weight layers
   match the caffemodel's layers by name AND blob shape (shapes inferred by building the net on the meta device),
   directly or after collapsing the 9 towers of a context-free network (`conv1_s1..conv1_s9` -> `conv1`);
@@ -19,6 +21,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +29,7 @@ import caffe_import
 from caffe_import.parse import upgrade_net
 from caffe_import.proto import caffe_pb2
 from caffe_import.weights import blob_shape, shape_equals
+from caffe_import.wire import BlobKey, WireError, lift_blob_data
 
 Shape = tuple[int, ...]
 TOWER = re.compile(r"^(?P<base>.+)_s(?P<index>\d+)$")
@@ -55,9 +59,16 @@ class TowerReport:
         return not self.missing and all(d == 0.0 for d in self.max_abs_diff.values())
 
 
+class LayerWeights(NamedTuple):
+    """Caffemodel layers ready for `caffe_import.load_weights(net, weights.net, lifted=weights.arrays)`."""
+
+    net: caffe_pb2.NetParameter              # the layers; blob data left out where `arrays` holds it
+    arrays: dict[BlobKey, np.ndarray]        # (layer name, blob index) -> float32 values, flat
+
+
 @dataclass(frozen=True)
 class CaffemodelInfo:
-    """A parsed caffemodel and what it is."""
+    """A parsed caffemodel and what it is; `net` lacks the blob data that `arrays` holds (see `parse_caffemodel`)."""
 
     member: str
     kind: str                                # "cfn" (9 towers), "alexnet" (conv1..conv5 [fc6..fc8]), "other"
@@ -66,6 +77,7 @@ class CaffemodelInfo:
     collapsed: dict[str, tuple[Shape, ...]]  # the same after collapsing towers (base names; tower 1 = first)
     towers: TowerReport | None
     net: caffe_pb2.NetParameter = field(repr=False, compare=False)
+    arrays: dict[BlobKey, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def blobs(self, name: str, *, collapsed: bool) -> list[caffe_pb2.BlobProto] | None:
         """BlobProtos of layer `name` (raw name, or base name of the first tower when collapsed)."""
@@ -93,22 +105,39 @@ class CaffemodelInfo:
                 out[lp.name] = lp
         return out
 
-    def weights_for(self, names: list[str], *, collapsed: bool) -> caffe_pb2.NetParameter:
-        """A caffemodel NetParameter holding exactly the layers `names` (renamed to base names when collapsed)."""
+    def weights_for(self, names: list[str], *, collapsed: bool) -> LayerWeights:
+        """Exactly the layers `names` (renamed to base names when collapsed) with their lifted arrays. The arrays
+        are shared, not copied: a net that binds them must not write to its parameters in place."""
         index = self._collapsed_index if collapsed else self._raw_index
         out = caffe_pb2.NetParameter(name=self.net.name)
+        arrays: dict[BlobKey, np.ndarray] = {}
         for name in names:
+            source = index[name]
             lp = out.layer.add()
-            lp.CopyFrom(index[name])
+            lp.CopyFrom(source)
             lp.name = name
             del lp.param[:]  # tower param names (conv1_w) would tie nothing in a single tower
-        return out
+            for i in range(len(source.blobs)):
+                if (source.name, i) in self.arrays:
+                    arrays[(name, i)] = self.arrays[(source.name, i)]
+        return LayerWeights(out, arrays)
 
 
-def parse_caffemodel(member: str, data: bytes) -> caffe_pb2.NetParameter:
+def parse_caffemodel(member: str, data: bytes | bytearray | memoryview
+                     ) -> tuple[caffe_pb2.NetParameter, dict[BlobKey, np.ndarray]]:
+    """(upgraded NetParameter without the lifted blob data, {(layer name, blob index): float32 array}).
+
+    The payloads of packed float blobs are lifted out of `data` first (`caffe_import.wire.lift_blob_data`, as
+    `caffe_import.read_caffemodel_arrays` does for a file); bytes that do not walk as protobuf go to protobuf
+    whole, so a corrupt member gets protobuf's error. The arrays are fresh copies: `data` can be freed.
+    """
+    try:
+        stripped, arrays = lift_blob_data(data)
+    except WireError:
+        stripped, arrays = bytes(data), {}
     net = caffe_pb2.NetParameter()
     try:
-        net.ParseFromString(data)
+        net.ParseFromString(stripped)
     except Exception as exc:  # DecodeError or RuntimeError depending on the protobuf backend
         raise ReleaseError(f"{member}: not a binary Caffe NetParameter ({exc}); the caffemodel is corrupt or "
                            "truncated.") from None
@@ -117,16 +146,19 @@ def parse_caffemodel(member: str, data: bytes) -> caffe_pb2.NetParameter:
         net = upgrade_net(net, source=member)
     if not any(len(lp.blobs) for lp in net.layer):
         raise ReleaseError(f"{member}: a NetParameter without weights (no layer has blobs); not a caffemodel.")
-    return net
+    return net, arrays
 
 
 ALEXNET_CONV_SHAPES = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
                        "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}
 
 
-def describe_caffemodel(member: str, net: caffe_pb2.NetParameter) -> CaffemodelInfo:
+def describe_caffemodel(member: str, net: caffe_pb2.NetParameter,
+                        arrays: dict[BlobKey, np.ndarray] | None = None) -> CaffemodelInfo:
+    """What the caffemodel `net` is (`arrays`: its lifted blob data, from `parse_caffemodel`)."""
+    arrays = arrays or {}
     layers = {lp.name: tuple(blob_shape(b) for b in lp.blobs) for lp in net.layer if len(lp.blobs)}
-    towers = _towers(net)
+    towers = _towers(net, arrays)
     collapsed: dict[str, tuple[Shape, ...]] = {}
     for name, shapes in layers.items():
         m = TOWER.match(name)
@@ -147,7 +179,7 @@ def describe_caffemodel(member: str, net: caffe_pb2.NetParameter) -> CaffemodelI
     else:
         kind = "other"
         why = "the layers are not AlexNet's conv1..conv5 (nor a 9-tower CFN of them)"
-    return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net)
+    return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net, arrays)
 
 
 def _squeeze(shape: Shape) -> Shape:
@@ -157,7 +189,7 @@ def _squeeze(shape: Shape) -> Shape:
     return shape
 
 
-def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
+def _towers(net: caffe_pb2.NetParameter, arrays: dict[BlobKey, np.ndarray]) -> TowerReport | None:
     groups: dict[str, dict[int, caffe_pb2.LayerParameter]] = {}
     for lp in net.layer:
         m = TOWER.match(lp.name)
@@ -171,7 +203,7 @@ def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
     missing: list[str] = []
     for base, members in groups.items():
         first = members[min(members)]
-        ref = [_array(b) for b in first.blobs]
+        ref = [_blob_values(first, i, arrays) for i in range(len(first.blobs))]
         worst = 0.0
         for i in indices:
             lp = members.get(i)
@@ -181,15 +213,20 @@ def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
             if len(lp.blobs) != len(ref) or any(blob_shape(b) != blob_shape(r) for b, r in zip(lp.blobs, first.blobs)):
                 worst = float("inf")
                 continue
-            for b, r in zip(lp.blobs, ref):
-                a = _array(b)
+            for j, r in enumerate(ref):
+                a = _blob_values(lp, j, arrays)
                 if a.size:
                     worst = max(worst, float(np.max(np.abs(a - r))))
         diffs[base] = worst
     return TowerReport(indices, tuple(groups), diffs, tuple(missing))
 
 
-def _array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+def _blob_values(lp: caffe_pb2.LayerParameter, index: int, arrays: dict[BlobKey, np.ndarray]) -> np.ndarray:
+    """Blob `index` of layer `lp`: its lifted array, else the values parsed into the message."""
+    lifted = arrays.get((lp.name, index))
+    if lifted is not None:
+        return lifted
+    blob = lp.blobs[index]
     if len(blob.data):
         return np.asarray(blob.data, dtype=np.float32)
     return np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)

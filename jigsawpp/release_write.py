@@ -60,7 +60,11 @@ def write_variant(plan: VariantPlan, info: ReleaseInfo, folder: Path, *, onnx: b
     weights = model.weights_for(weight_layers, collapsed=plan.collapsed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        net = caffe_import.load(plan.deploy_net, weights, strict=True)
+        # caffe_import.load's steps, with the arrays lifted from the member's bytes (load reads only files)
+        net = caffe_import.CaffeNet(caffe_import.build_graph(plan.deploy_net, phase="TEST", source=plan.deploy_source))
+        net.weight_report = vars(caffe_import.load_weights(net, weights.net, strict=True, source=model.member,
+                                                           lifted=weights.arrays))
+        net.eval()
     alexnet = CaffeAlexNet.from_caffe_state(net.state_dict(), config).eval()
     side = config.input_size
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)) * 255.0 - 128.0
