@@ -20,7 +20,8 @@ Output of `convert_release(zip, OUT)` (other tools rely on it):
     OUT/pseudo_labels/{train,val}.npz      names (image path as listed), labels (int32 cluster id)
 
 Variants: "transfer_conv1s4" (conv1 stride 4: the network the paper transfers; for a 9-tower CFN its conv layers
-only) and, for the Jigsaw++ CFN, "pretext_conv1s2" (one tower at the pretext stride 2, 64-px tiles). The zip is
+only) and, for the Jigsaw++ CFN or an AlexNet trained at conv1 stride 2, "pretext_conv1s2" (one tower at the
+pretext stride 2, 64-px tiles; rules in `jigsawpp.release_variants`). The zip is
 read in memory (`jigsawpp.safezip`); output goes to a hidden staging folder beside OUT that is renamed to OUT
 at the end, so a failed conversion leaves nothing behind.
 """

@@ -80,6 +80,7 @@ class ReleaseInfo:
     permutations: Permutations | None
     checks: tuple[Check, ...]
     variants: tuple[VariantPlan, ...]
+    deploy_use: dict[str, str]                    # prototxt member -> "used for <variant>" / "not used: <why>"
     problems: tuple[str, ...]                     # what prevents a conversion (empty: convertible)
     notes: tuple[str, ...]
 
@@ -114,6 +115,7 @@ def inspect_release(zip_path: str | os.PathLike[str], deploy: str | os.PathLike[
         scores = [override] + [s for s in scores if s.member != override.member]
     checks: list[Check] = []
     variants: list[VariantPlan] = []
+    deploy_use: dict[str, str] = {}
     if model is not None:
         checks += tower_checks(model, allow_tower_mismatch, problems)
         checks += fc8_checks(model, scan.permutations, scan.labels)
@@ -122,7 +124,8 @@ def inspect_release(zip_path: str | os.PathLike[str], deploy: str | os.PathLike[
                             "--caffemodel W` instead")
         else:
             try:
-                variants = plan_variants(model, scores, override)
+                variants, deploy_use, planned_notes = plan_variants(model, scores, override)
+                notes += planned_notes
             except ReleaseError as exc:
                 problems.append(str(exc))
             checks += tower_geometry_checks(model, scores, variants)
@@ -143,7 +146,7 @@ def inspect_release(zip_path: str | os.PathLike[str], deploy: str | os.PathLike[
         members=tuple(scan.members), release=release, release_why=release_why, caffemodel=model,
         caffemodel_candidates=tuple(scan.caffemodel_candidates), prototxts=tuple(scores),
         labels=tuple(scan.labels), permutations=scan.permutations, checks=tuple(checks), variants=tuple(variants),
-        problems=tuple(problems), notes=tuple(notes),
+        deploy_use=deploy_use, problems=tuple(problems), notes=tuple(notes),
     )
 
 

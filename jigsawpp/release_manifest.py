@@ -39,7 +39,8 @@ def manifest(info: ReleaseInfo, variants: dict, labels: dict, seconds: float) ->
         "variants": variants,
         "preprocessing": variants[transfer]["preprocessing"] if transfer in variants else None,
         "pseudo_labels": labels,
-        "deploy_candidates": [{"member": s.member, "fits": s.fits, "why": s.why} for s in info.prototxts],
+        "deploy_candidates": [{"member": s.member, "fits": s.fits, "why": s.why, "use": info.deploy_use.get(s.member)}
+                              for s in info.prototxts],
         "notes": list(info.notes),
         "seconds": round(seconds, 2),
     }
@@ -71,6 +72,8 @@ def format_release_info(info: ReleaseInfo) -> str:
     for i, s in enumerate(info.prototxts, 1):
         verdict = "fits" if s.fits else "no"
         lines.append(f"  {i}. {s.member} [{verdict}] {s.why}")
+        if s.member in info.deploy_use:
+            lines.append(f"     -> {info.deploy_use[s.member]}")
     if not info.prototxts:
         lines.append("  (none in the zip)")
     if info.permutations is not None:

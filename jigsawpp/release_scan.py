@@ -182,6 +182,16 @@ def describe_caffemodel(member: str, net: caffe_pb2.NetParameter,
     return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net, arrays)
 
 
+def fc6_inputs(model: CaffemodelInfo) -> int | None:
+    """How many inputs the caffemodel's fc6 (tower-collapsed) takes: C*H*W of the pool5 it was trained on (2304 =
+    256x3x3 for a 64-px tile at conv1 stride 2, 9216 = 256x6x6 for 227 px at stride 4); None without fc6."""
+    shapes = model.collapsed.get("fc6")
+    if not shapes:
+        return None
+    weight = _squeeze(shapes[0])
+    return int(np.prod(weight[1:])) if len(weight) >= 2 else None
+
+
 def _squeeze(shape: Shape) -> Shape:
     """Legacy 4-D blob shapes (1, 1, N, K) of old caffemodels -> (N, K); conv shapes are 4-D either way."""
     while len(shape) > 1 and shape[0] == 1 and len(shape) > 2:
@@ -251,6 +261,7 @@ class PrototxtScore:
     notes: tuple[str, ...]
     net: caffe_pb2.NetParameter | None = field(default=None, repr=False, compare=False)
     text: str = field(default="", repr=False, compare=False)
+    pool5: Shape | None = None   # output shape of the last Pooling layer (AlexNet's pool5) at the input size
 
     @property
     def fits(self) -> bool:
@@ -283,6 +294,8 @@ class PrototxtScore:
             parts.append(f"conv1 stride {self.conv1_stride}")
         if self.input_shape:
             parts.append(f"input {'x'.join(map(str, self.input_shape))}")
+        if self.pool5:
+            parts.append(f"pool5 {'x'.join(map(str, self.pool5[1:]))}")
         if self.role == "train_val":
             parts.append("a train/val net (no Input layer), not a deploy")
         return "; ".join(parts)
@@ -296,8 +309,15 @@ def read_prototxt_text(member: str, text: str) -> tuple[caffe_pb2.NetParameter, 
     return net, tuple(str(w.message) for w in caught)
 
 
-def expected_weight_shapes(net: caffe_pb2.NetParameter, member: str) -> tuple[dict[str, tuple[Shape, ...]], str, str]:
-    """({weight layer: blob shapes}, role, note) by building the net on the meta device (no memory, no fillers)."""
+class DeployShapes(NamedTuple):
+    weights: dict[str, tuple[Shape, ...]]   # weight layer -> blob shapes (() each when the net cannot be built)
+    role: str                               # "deploy", "train_val" or "deploy?"
+    note: str                               # why the net cannot be built, or ""
+    pool5: Shape | None                     # output shape of the last Pooling layer
+
+
+def expected_weight_shapes(net: caffe_pb2.NetParameter, member: str) -> DeployShapes:
+    """Weight shapes and pool5 by building the net on the meta device (no memory, no fillers)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -307,13 +327,16 @@ def expected_weight_shapes(net: caffe_pb2.NetParameter, member: str) -> tuple[di
         shapes = {lp.name: () for lp in net.layer if lp.type in WEIGHT_TYPES}
         role = "train_val" if any(lp.type in ("Data", "ImageData", "HDF5Data", "WindowData") for lp in net.layer) \
             else "deploy?"
-        return shapes, role, f"cannot build the net: {exc}"
+        return DeployShapes(shapes, role, f"cannot build the net: {exc}", None)
     shapes = {}
+    pool5 = None
     for layer in cnet.layers_with_shapes:
         module = cnet.module_of(layer.name)
         if module.caffe_blobs:
             shapes[layer.name] = tuple(tuple(getattr(module, a).shape) for a in module.caffe_blobs)
-    return shapes, "deploy", ""
+        if layer.type == "Pooling" and layer.blob_tops[0] in cnet.blob_shapes:
+            pool5 = tuple(cnet.blob_shapes[layer.blob_tops[0]])
+    return DeployShapes(shapes, "deploy", "", pool5)
 
 
 def conv1_stride(net: caffe_pb2.NetParameter) -> int | None:
@@ -342,7 +365,7 @@ def score_prototxt(member: str, text: str, model: CaffemodelInfo | None) -> Prot
     if not weight_layers:
         what = "a solver, not a net" if SOLVER_HINT.search(text) else "not a net (no layers with weights)"
         return PrototxtScore(member, net.name, what, None, (), (), (), (), None, None, notes)
-    shapes, role, note = expected_weight_shapes(net, member)
+    shapes, role, note, pool5 = expected_weight_shapes(net, member)
     notes = notes + ((note,) if note else ())
     best: PrototxtScore | None = None
     views = [("raw", False)] + ([("towers collapsed", True)] if model is not None and model.towers else [])
@@ -363,7 +386,7 @@ def score_prototxt(member: str, text: str, model: CaffemodelInfo | None) -> Prot
         unused = tuple(k for k in table if k not in shapes)
         candidate = PrototxtScore(member, net.name, role, mode if model is not None else None, tuple(matched),
                                   tuple(mismatched), tuple(missing), unused, conv1_stride(net), input_shape(net),
-                                  notes, net, text)
+                                  notes, net, text, pool5)
         if best is None or candidate.rank > best.rank:
             best = candidate
     assert best is not None

@@ -1,24 +1,33 @@
 """Plan the networks a release zip converts to: which deploy each variant uses, which view of the weights, and why.
 
-Variants: "transfer_conv1s4" (conv1 stride 4: the network the paper transfers; for a 9-tower CFN its conv layers
-only) and "pretext_conv1s2" (one tower at the pretext stride 2, 64-px tiles). The release page: the Jigsaw++
-model without cluster classification "is trained using stride of 2 in conv1. However, only convolutional layers
-with stride of 4 in conv1 are used for all the transfer learnings". A deploy comes from the zip when one fits,
-else from the bundled `prototxt/alexnet/` files (patched to the caffemodel's fc shapes when needed).
+Variants: "transfer_conv1s4" (conv1 stride 4: the network the paper transfers; conv layers only when the
+caffemodel's fc layers were trained at another geometry, e.g. a 9-tower CFN) and "pretext_conv1s2" (one tower
+at the pretext stride 2, 64-px tiles, as trained: a CFN's tower, or a single AlexNet trained at stride 2). The
+release page: the Jigsaw++ model without cluster classification "is trained using stride of 2 in conv1.
+However, only convolutional layers with stride of 4 in conv1 are used for all the transfer learnings". Every
+variant with a fitting deploy is written; a deploy comes from the zip when one fits, else from the bundled
+`prototxt/alexnet/` files (patched to the caffemodel's fc shapes when needed), and every candidate deploy gets
+a sentence saying which variant uses it, or why none does (`Planned.deploy_use`, shown by `jigsawpp info`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
 
 import prototxt as bundled
 from caffe_import.proto import caffe_pb2
 from jigsawpp import __version__
-from jigsawpp.release_scan import CaffemodelInfo, PrototxtScore, ReleaseError
+from jigsawpp.release_scan import CaffemodelInfo, PrototxtScore, ReleaseError, fc6_inputs
 
-__all__ = ["PRETEXT", "TRANSFER", "VariantPlan", "plan_variants"]
+__all__ = ["PRETEXT", "TRANSFER", "Planned", "VariantPlan", "plan_variants"]
 
 PRETEXT, TRANSFER = "pretext_conv1s2", "transfer_conv1s4"
+STRIDES = {2: (PRETEXT, "pretext"), 4: (TRANSFER, "transfer")}   # conv1 stride -> (variant, role)
+TILE_POOL5 = 256 * 3 * 3   # pool5 of the bundled alexnet/deploy_conv1s2.prototxt: 64-px tile, conv1 stride 2
+STRIDE4_POOL5 = 256 * 6 * 6   # pool5 of the bundled alexnet/deploy_conv1s4.prototxt: 227 px, conv1 stride 4
 
 
 @dataclass(frozen=True)
@@ -40,54 +49,106 @@ class VariantPlan:
         return self.role == "transfer"
 
 
+class Planned(NamedTuple):
+    variants: list[VariantPlan]
+    deploy_use: dict[str, str]     # candidate prototxt member -> "used for <variant>" or "not used: <why>"
+    notes: list[str]               # a variant not written, and why
+
+
 def plan_variants(model: CaffemodelInfo, scores: list[PrototxtScore],
-                  override: PrototxtScore | None) -> list[VariantPlan]:
-    from jigsawpp.models import alexnet_config_from_prototxt
+                  override: PrototxtScore | None) -> Planned:
+    """Every variant that a deploy fitting the caffemodel allows, and for each candidate deploy why it is used or not.
 
-    def usable(score: PrototxtScore) -> str | None:
-        """None when `score` can be a CaffeAlexNet variant deploy, else why not."""
-        if not score.fits:
-            return "does not fit the caffemodel"
-        try:
-            alexnet_config_from_prototxt(score.net, source=score.member)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-    wanted: list[tuple[str, int]] = []
-    if model.kind == "cfn":
-        wanted = [(PRETEXT, 2), (TRANSFER, 4)]
-    else:
-        wanted = [(TRANSFER, 4)]
-        has_fc = any(k in model.collapsed for k in ("fc6", "fc7", "fc8"))
-        stride2 = [s for s in scores if s.conv1_stride == 2 and usable(s) is None]
-        if not has_fc and stride2:
-            wanted.insert(0, (PRETEXT, 2))
-    plans = []
-    for name, stride in wanted:
-        role = "transfer" if stride == 4 else "pretext"
-        chosen: PrototxtScore | None = None
-        why = ""
-        if override is not None and override.conv1_stride == stride:
-            reason = usable(override)
-            if reason:
-                raise ReleaseError(f"--deploy {override.member}: {reason}")
-            chosen, why = override, "chosen with --deploy"
-        else:
-            for s in scores:
-                if s.conv1_stride == stride and usable(s) is None:
-                    chosen, why = s, f"the best-matching stride-{stride} deploy in the zip ({s.why})"
-                    break
-        if chosen is not None:
+    transfer (conv1 stride 4) is always planned: the network the paper transfers, conv layers at stride 4 whatever
+    stride the caffemodel was trained at; the best usable stride-4 deploy of the zip, else a bundled one.
+    pretext (conv1 stride 2) is the network as trained, so its geometry must be the caffemodel's: a stride-2 deploy
+    is used when it fits and either the caffemodel has no fc6 or fc6 takes as many inputs as the deploy's pool5
+    gives (a deploy with fc6 that fits does so by construction). Without such a deploy in the zip, the bundled 64-px
+    tile deploy is used for a CFN, or for an AlexNet whose fc6 takes 256x3x3 inputs (that tile's pool5).
+    scores: the candidate deploys, best first (`--deploy` first when given).
+    """
+    fc6_in = fc6_inputs(model)
+    use: dict[str, str] = {}
+    if override is not None:
+        reason = _unusable(override, model, fc6_in)
+        if reason:
+            raise ReleaseError(f"--deploy {override.member}: {reason}")
+    plans: list[VariantPlan] = []
+    notes: list[str] = []
+    for stride, (name, role) in STRIDES.items():
+        fitting = [s for s in scores if s.conv1_stride == stride and _unusable(s, model, fc6_in) is None]
+        if fitting:
+            chosen = fitting[0]
+            why = ("chosen with --deploy" if chosen is override else
+                   f"the best-matching stride-{stride} deploy in the zip ({chosen.why})")
             collapsed = chosen.mode == "towers collapsed"
             source = chosen.member if chosen.member.startswith("file:") else f"zip:{chosen.member}"
             plans.append(VariantPlan(name, role, stride, source, why, collapsed, (), chosen.text, chosen.net))
-            continue
-        plans.append(_bundled_plan(model, name, role, stride, scores))
-    if override is not None and override.conv1_stride not in {p.conv1_stride for p in plans}:
-        raise ReleaseError(f"--deploy {override.member} has conv1 stride {override.conv1_stride}, but this "
-                           f"{model.kind} caffemodel has variants for stride {[p.conv1_stride for p in plans]} only.")
-    return plans
+            use[chosen.member] = f"used for {name}"
+            for other in fitting[1:]:
+                use[other.member] = f"not used: fits, but {name} uses {chosen.member} ({_preferred(chosen, other)})"
+        elif stride == 4 or model.kind == "cfn" or fc6_in == TILE_POOL5:
+            plans.append(_bundled_plan(model, name, role, stride, scores))
+        else:
+            notes.append(f"no {name} variant: no stride-2 deploy in the zip fits the caffemodel as trained, and "
+                         + ("without fc6 the caffemodel does not show the input geometry it was trained at"
+                            if fc6_in is None else
+                            f"its fc6 takes {fc6_in} inputs, not the {TILE_POOL5} (256x3x3) of a 64-px stride-2 tile")
+                         + "; pass --deploy with a stride-2 deploy to add it")
+    for s in scores:
+        use.setdefault(s.member, f"not used: {_unusable(s, model, fc6_in)}")
+    return Planned(plans, use, notes)
+
+
+def _unusable(score: PrototxtScore, model: CaffemodelInfo, fc6_in: int | None) -> str | None:
+    """None when `score` can be a variant's deploy, else why not (one clause)."""
+    from jigsawpp.models import alexnet_config_from_prototxt
+
+    if score.role == "train_val":
+        return "a train/val net (no Input layer), not a deploy"
+    if score.role == "deploy?":
+        return "the net cannot be built (see its notes)"
+    if score.role != "deploy":
+        return score.role
+    if not score.fits:
+        parts = []
+        if score.mismatched:
+            parts.append(f"{_names([m.split(':', 1)[0] for m in score.mismatched])} have other shapes")
+        if score.missing:
+            parts.append(f"{_names(list(score.missing))} are not in the caffemodel")
+        return "it does not fit the caffemodel: " + "; ".join(parts)
+    if score.conv1_stride not in STRIDES:
+        return f"conv1 stride {score.conv1_stride}; the variants have stride 2 (pretext) or 4 (transfer)"
+    try:
+        alexnet_config_from_prototxt(score.net, source=score.member)
+    except ValueError as exc:
+        if model.kind == "cfn" and score.mode == "raw":
+            return ("the 9-tower pretext network itself, not a Caffe AlexNet tower, while a variant is one tower "
+                    "(this net's tower is compared with the pretext variant's deploy in the tower_geometry check)")
+        return str(exc)
+    if score.conv1_stride == 2 and fc6_in is not None and "fc6" not in score.matched:
+        count = int(np.prod(score.pool5[1:])) if score.pool5 else None
+        if count != fc6_in:
+            got = f"{count} ({'x'.join(map(str, score.pool5[1:]))})" if score.pool5 else "an unknown number of"
+            return (f"its conv layers fit, but its pool5 gives {got} values while the caffemodel's fc6 takes "
+                    f"{fc6_in}: the weights were not trained in this stride-2 network")
+    return None
+
+
+def _names(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _preferred(chosen: PrototxtScore, other: PrototxtScore) -> str:
+    """Why `chosen` ranks before `other` (both fit, same stride)."""
+    if chosen.notes and "chosen with --deploy" in chosen.notes:
+        return "chosen with --deploy"
+    a, b = chosen.rank, other.rank
+    if a[2] != b[2]:
+        return (f"it uses more of the caffemodel's weight layers: {len(chosen.matched)} of "
+                f"{len(chosen.matched) + len(chosen.unused)} against {len(other.matched)} of "
+                f"{len(other.matched) + len(other.unused)}")
+    return "both use the same layers; the first found is taken"
 
 
 def _bundled_plan(model: CaffemodelInfo, name: str, role: str, stride: int,
@@ -97,7 +158,10 @@ def _bundled_plan(model: CaffemodelInfo, name: str, role: str, stride: int,
     from jigsawpp.release_scan import score_prototxt as score
 
     collapsed = model.kind == "cfn"
-    conv_only = collapsed or not any(k in model.collapsed for k in ("fc6", "fc7", "fc8"))
+    has_fc = any(k in model.collapsed for k in ("fc6", "fc7", "fc8"))
+    fc6_in = fc6_inputs(model)
+    # The bundled fc layers read a 227-px stride-4 pool5 (256x6x6); other fc weights stay out (transfer uses conv).
+    conv_only = collapsed or not has_fc or stride == 2 or fc6_in != STRIDE4_POOL5
     if stride == 2:
         file = "alexnet/deploy_conv1s2.prototxt"
     elif conv_only:
@@ -135,6 +199,10 @@ def _bundled_plan(model: CaffemodelInfo, name: str, role: str, stride: int,
     kind = "tower of the 9-tower CFN" if collapsed else "AlexNet"
     why = (f"no usable stride-{stride} single-tower deploy in the zip ({_best_reason(scores, stride)}); the bundled "
            f"{file} fits the {kind} weights ({result.why})")
+    if has_fc and conv_only and not collapsed:
+        why += ("; conv layers only: the bundled tile deploy has no fc layers" if stride == 2 else
+                f"; conv layers only: the caffemodel's fc6 takes {fc6_in} inputs, not the {STRIDE4_POOL5} (256x6x6) "
+                "of this deploy's pool5")
     return VariantPlan(name, role, stride, f"bundled:{file}", why, collapsed and result.mode == "towers collapsed",
                        tuple(patches), text, result.net)
 

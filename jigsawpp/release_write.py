@@ -35,10 +35,14 @@ def _preprocessing(plan: VariantPlan, info: ReleaseInfo) -> dict[str, object]:
         if mean:
             break
     if plan.role == "pretext":
+        source = "MehdiNoroozi/JigsawPuzzleSolver train_val_cfn_jps++.prototxt (no mean_value)"
+        if info.caffemodel is not None and info.caffemodel.kind != "cfn":
+            source = ("assumed as for the CFN's towers (MehdiNoroozi/JigsawPuzzleSolver train_val_cfn_jps++.prototxt, "
+                      "no mean_value): the release does not state how this single-tower net was fed")
         return {"channel_order": "BGR", "value_range": [0, 255], "mean_bgr": None, "input": "64x64 puzzle tile",
                 "normalisation": "per tile: MVN across channels (zero mean, unit variance over C,H,W), then x50 "
                                  "(Power scale 50), as the CFN's mvn_i/scale_i layers do; not part of this deploy",
-                "source": "MehdiNoroozi/JigsawPuzzleSolver train_val_cfn_jps++.prototxt (no mean_value)"}
+                "source": source}
     return {"channel_order": "BGR", "value_range": [0, 255], "mean_bgr": mean or list(IMAGENET_MEAN_BGR),
             "source": source}
 
