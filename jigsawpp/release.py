@@ -7,7 +7,7 @@ layers with stride of 4 in conv1 are used for all the transfer learnings". Nothi
 documented, so every part is found by content (`jigsawpp.release_scan`, `jigsawpp.label_files`).
 
 The work is split by stage: `release_inspect` (one safe pass over the zip, what each member is and why),
-`release_scan` (caffemodel, prototxt and permutation readers), `release_checks` (consistency checks),
+`release_scan` (caffemodel and permutation readers), `release_prototxt` (deploy scoring), `release_checks` (checks),
 `release_variants` (which deploy each variant uses), `release_write` (one variant folder and its parity checks)
 and `release_manifest` (manifest.json and `jigsawpp info`'s report); this module converts.
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from caffe_import.proto import caffe_pb2
-from jigsawpp.release_scan import CaffemodelInfo, Permutations, PrototxtScore
+from jigsawpp.release_prototxt import PrototxtScore
+from jigsawpp.release_scan import CaffemodelInfo, Permutations
 
 if TYPE_CHECKING:
     from jigsawpp.release_inspect import LabelsFound

@@ -1,8 +1,9 @@
 """Inspect a release zip: open it safely, find its parts by content, plan the variants, say what was found and why.
 
 `inspect_release` makes one pass over the members (`jigsawpp.safezip`: nothing is extracted), classifies each
-by content (`jigsawpp.release_scan`, `jigsawpp.label_files`), scores every prototxt against the caffemodel,
-runs the consistency checks (`jigsawpp.release_checks`) and plans the variants (`jigsawpp.release_variants`).
+by content (`jigsawpp.release_scan`, `jigsawpp.label_files`), scores every prototxt against the caffemodel
+(`jigsawpp.release_prototxt`), runs the consistency checks (`jigsawpp.release_checks`) and plans the variants
+(`jigsawpp.release_variants`).
 The result, a `ReleaseInfo`, is what `jigsawpp info` prints and what `convert_release` acts on.
 """
 
@@ -26,17 +27,16 @@ from jigsawpp.label_files import (
     parse_label_file,
 )
 from jigsawpp.release_checks import Check, fc8_checks, tower_checks, tower_geometry_checks
+from jigsawpp.release_prototxt import PrototxtScore, score_prototxt
 from jigsawpp.release_scan import (
     PROTOTXT_HINT,
     SOLVER_HINT,
     CaffemodelInfo,
     Permutations,
-    PrototxtScore,
     ReleaseError,
     describe_caffemodel,
     parse_caffemodel,
     read_permutations,
-    score_prototxt,
 )
 from jigsawpp.release_variants import VariantPlan, plan_variants
 from jigsawpp.safezip import Member, SafeZip, ZipLimits
