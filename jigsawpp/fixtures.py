@@ -55,6 +55,8 @@ def seeded_caffemodel(prototxt, path, *, seed: int = 0) -> caffe_import.CaffeNet
 # label formats, so that the content-based finder in jigsawpp.release is exercised for real. Never commit the output.
 
 S2_FC_DEPLOY = "generated:alexnet_conv1s2_fc"   # `alexnet_conv1s2_fc_prototxt()`, not a bundled file
+S4_FC_DEPLOY = "generated:alexnet_conv1s4_fc"   # the bundled alexnet/deploy_conv1s4.prototxt with other fc sizes
+GENERATED_DEPLOYS = {S2_FC_DEPLOY: "deploy_conv1s2_fc.prototxt", S4_FC_DEPLOY: "deploy_conv1s4_fc.prototxt"}
 RELEASE_KINDS = {
     # kind: (prototxt the caffemodel is written from, default release name, number of clusters)
     "jigsawpp": ("jigsawpp/cfn_deploy.prototxt", "jigsawpp", 2000),     # 9-tower CFN, conv1 stride 2 (~320 MB)
@@ -97,11 +99,20 @@ def alexnet_conv1s2_fc_prototxt(*, fc_sizes: tuple[int, int, int] = (4096, 4096,
 
 
 def release_prototxt_text(name: str, *, fc_sizes: tuple[int, int, int] = (4096, 4096, 2000)) -> str:
-    """The text of a bundled prototxt `name`, or of the generated stride-2 AlexNet deploy (S2_FC_DEPLOY)."""
+    """The text of a bundled prototxt `name`, or of a generated AlexNet deploy with fc layers of `fc_sizes`:
+    S2_FC_DEPLOY (stride 2, 64-px tile) or S4_FC_DEPLOY (the bundled stride-4 deploy, fc num_output replaced)."""
+    from google.protobuf import text_format
+
     import prototxt
 
     if name == S2_FC_DEPLOY:
         return alexnet_conv1s2_fc_prototxt(fc_sizes=fc_sizes)
+    if name == S4_FC_DEPLOY:
+        net = caffe_import.read_prototxt(prototxt.path("alexnet/deploy_conv1s4.prototxt"))
+        for lp in net.layer:
+            if lp.name in ("fc6", "fc7", "fc8"):
+                lp.inner_product_param.num_output = fc_sizes[int(lp.name[2]) - 6]
+        return text_format.MessageToString(net)
     return prototxt.path(name).read_text(encoding="utf-8")
 
 
@@ -182,7 +193,7 @@ def make_release_zip(path, kind: str = "cc", *, layout: str = "nested", label_fo
     (RELEASE_LAYOUTS) so that nothing can be found by a fixed path: flat; nested folders with macOS metadata;
     deploy and caffemodel in different folders with unrelated prototxts and a solver; odd names (no .caffemodel
     extension, deploy as .txt). deploys: the deploys to pack instead of the kind's own, as bundled prototxt names
-    or S2_FC_DEPLOY; each is stored under its base name and listed in "members" under the name given.
+    or GENERATED_DEPLOYS; each is stored under its base name and listed in "members" under the name given.
     """
     import zipfile
     from pathlib import Path
@@ -208,7 +219,7 @@ def make_release_zip(path, kind: str = "cc", *, layout: str = "nested", label_fo
     files: dict[str, bytes] = {}
     if deploys is not None:
         for name in deploys:
-            base = "deploy_conv1s2_fc.prototxt" if name == S2_FC_DEPLOY else name.rsplit("/", 1)[-1]
+            base = GENERATED_DEPLOYS.get(name, name.rsplit("/", 1)[-1])
             members[name] = folder[1] + base
             files[members[name]] = release_prototxt_text(name, fc_sizes=fc_sizes).encode()
     elif kind in _KIND_DEPLOYS:

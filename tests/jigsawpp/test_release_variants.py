@@ -1,8 +1,8 @@
 """Which variants a release converts to, for each combination of caffemodel and deploys, and why a deploy is unused.
 
 The stand-in for a single-tower AlexNet trained at conv1 stride 2 (fc6 reads its 3x3 pool5) uses small fc layers
-(256, 256, 2000) so that its caffemodel is ~14 MB; the CC combinations reuse the session's CC caffemodel and are
-only inspected. Parity with caffe_import on a real photograph: 1e-5 * max(1, max |ref|).
+(256, 256, 2000) so that its caffemodel is ~14 MB; so does the CC-like AlexNet trained at stride 4 (fc6 reads a
+6x6 pool5), which is only inspected. Parity with caffe_import on a real photograph: 1e-5 * max(1, max |ref|).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import pytest
 import torch
 
 import caffe_import
-from jigsawpp.fixtures import S2_FC_DEPLOY, make_release_zip, release_prototxt_text, write_release_caffemodel
+from jigsawpp.fixtures import (
+    S2_FC_DEPLOY,
+    S4_FC_DEPLOY,
+    make_release_zip,
+    release_prototxt_text,
+    seeded_caffemodel,
+    write_release_caffemodel,
+)
 from jigsawpp.images import caffe_blob, demo_photo_path, read_bgr
 from jigsawpp.io import load_state_dict_file
 from jigsawpp.models import from_release
@@ -121,19 +128,24 @@ def test_a_stride4_deploy_with_fc_of_another_size_falls_back_to_conv_layers(tmp_
         "not used: it does not fit the caffemodel: fc6, fc7, fc8 have other shapes")
 
 
-def test_cc_deploys_that_fit_but_are_not_used_say_why(tmp_path, cc_caffemodel):
-    made = make_release_zip(tmp_path / "jigsawpp_acc.zip", "cc", layout="flat", caffemodel=cc_caffemodel,
-                            deploys=["alexnet/deploy_conv1s4.prototxt", "alexnet/conv_conv1s4.prototxt",
-                                     "alexnet/deploy_conv1s2.prototxt"])
+def test_cc_deploys_that_fit_but_are_not_used_say_why(tmp_path):
+    deploy = caffe_import.read_prototxt_string(release_prototxt_text(S4_FC_DEPLOY, fc_sizes=FC_SIZES))
+    caffemodel = tmp_path / "cc.caffemodel"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seeded_caffemodel(deploy, caffemodel, seed=8)
+    made = make_release_zip(tmp_path / "jigsawpp_acc.zip", "cc", layout="flat", caffemodel=caffemodel,
+                            fc_sizes=FC_SIZES, deploys=[S4_FC_DEPLOY, "alexnet/conv_conv1s4.prototxt",
+                                                        "alexnet/deploy_conv1s2.prototxt"])
     info = inspect_release(made["path"])
     assert not info.problems and [v.name for v in info.variants] == ["transfer_conv1s4"]
-    assert info.variants[0].deploy_source == "zip:deploy_conv1s4.prototxt"
+    assert info.variants[0].deploy_source == "zip:deploy_conv1s4_fc.prototxt"
     assert all(s.fits for s in info.prototxts)
     use = info.deploy_use
-    assert use["deploy_conv1s4.prototxt"] == "used for transfer_conv1s4"
+    assert use["deploy_conv1s4_fc.prototxt"] == "used for transfer_conv1s4"
     assert use["conv_conv1s4.prototxt"] == (
-        "not used: fits, but transfer_conv1s4 uses deploy_conv1s4.prototxt (it uses more of the caffemodel's weight "
-        "layers: 8 of 8 against 5 of 8)")
+        "not used: fits, but transfer_conv1s4 uses deploy_conv1s4_fc.prototxt (it uses more of the caffemodel's "
+        "weight layers: 8 of 8 against 5 of 8)")
     assert use["deploy_conv1s2.prototxt"] == (
         "not used: its conv layers fit, but its pool5 gives 2304 (256x3x3) values while the caffemodel's fc6 takes "
         "9216: the weights were not trained in this stride-2 network")
