@@ -32,7 +32,7 @@ class Builder:
         self.static_spatial = static_spatial   # input height/width are fixed: sizes may be folded at export
         self.taken: set[str] = set(value_names.values())
         self.layer: Layer | None = None
-        self._weights: dict[tuple[int, tuple[int, ...]], str] = {}
+        self._weights: dict[tuple, str] = {}
         self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
         self._shapes: dict[str, str] = {}
 
@@ -77,7 +77,10 @@ class Builder:
         """A Caffe blob of `module` as initializer "<layer>.<attr>" (reshaped for broadcasting when `shape`)."""
         tensor = getattr(module, attr)
         shape = tuple(tensor.shape) if shape is None else tuple(shape)
-        key = (id(tensor), shape)
+        # Keyed by the memory the values live in, not by id(): a PERMISSIVE sharer's weight is a fresh view on each
+        # getattr, and a freed view's id can be reused by an unrelated tensor of the same shape.
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+               tensor.dtype, shape)
         if key not in self._weights:
             array = tensor.detach().to("cpu", torch.float32).numpy().reshape(shape)
             name = f"{self.layer.name}.{attr}"
