@@ -205,6 +205,8 @@ from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I00
 _register_eval(main)
 from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
 _register_voc(main)
+from jigsawpp.cli.reproduce_cmds import register as _register_reproduce  # noqa: E402, I001
+_register_reproduce(main)
 
 
 if __name__ == "__main__":
