@@ -273,6 +273,28 @@ def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
             {"seconds_per_image": seconds, "scales": list(cfg.test_scales), "proposals": len(proposals)})
 
 
+@step("demo")
+def demo(ctx: Context) -> tuple[str, dict]:
+    """`jigsawpp demo` with its Fast R-CNN step on the device: seconds per step and what it leaves on disk.
+    --tiny runs only the CaffeNet/OpenCV part (the full demo runs in the test suite)."""
+    _needs_caffe_import()
+    from jigsawpp.demo import run_demo
+
+    start = time.perf_counter()
+    report = run_demo(ctx.tmp / "demo", release=not ctx.tiny, device=ctx.device)
+    seconds = time.perf_counter() - start
+    if report.kept_mb >= 500:
+        raise AssertionError(f"the demo left {report.kept_mb:.0f} MB (limit 500 MB)")
+    data = {"seconds": seconds, "kept_mb": report.kept_mb, "scratch_mb": report.scratch_mb,
+            "steps": {s.name: s.seconds for s in report.steps},
+            **{k: v for k, v in report.results.items() if k.startswith("detection_")}}
+    figures = f"{seconds:.0f} s, {report.kept_mb:.0f} MB left ({report.scratch_mb:.0f} MB scratch removed)"
+    if "detection_map_after" in report.results:
+        figures += (f"; detection {report.steps[-1].seconds:.0f} s, mAP {report.results['detection_map_before']:.3f}"
+                    f" -> {report.results['detection_map_after']:.3f}")
+    return figures, data
+
+
 @step("onnx-cuda")
 def onnx_cuda(ctx: Context) -> tuple[str, dict]:
     if ctx.device.type != "cuda":
