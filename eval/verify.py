@@ -1,17 +1,18 @@
 """Measured numbers beside the paper's (``jigsawpp verify``): which table cell a result belongs to, whether it is a
 result of the model it is compared for, and how its protocol differs from the paper's.
 
-A result is a ``scores.json`` (or the folder holding it). Its ``kind`` (absent in detection results, which came
-first) selects a `ResultKind` in `RESULT_KINDS`: the function that turns it into `VerifyRow` s and where its
-provenance stamp sits. Other protocols add rows without touching this module's logic: they write a
-``rows(scores_path, data, method) -> list[VerifyRow]`` function in their own module and add one entry
-``kind: ResultKind("package.module:function")`` to `RESULT_KINDS` (imported only when such a result is verified).
+A result is a ``scores.json`` (or the folder holding it). Its kind (`result_kind`: the file's ``kind``, or its
+stamp's protocol name; a detection result has neither) selects a `ResultKind` in `RESULT_KINDS`: the function that
+turns it into `VerifyRow` s and where its provenance stamp sits. Other protocols add rows without touching this
+module's logic: they write a ``rows(scores_path, data, method) -> list[VerifyRow]`` function in their own module
+and add one entry ``kind: ResultKind("package.module:function")`` to `RESULT_KINDS` (imported only when such a
+result is verified).
 
 Checks made for every result, before any number is shown:
 
-* the model: every stamp records ``model = jigsawpp.convert.model_record(model_dir)``, the sha256 of the converted
-  model's manifest.json. A result of another model is refused; a result without the record is shown with a
-  deviation saying that it cannot be checked.
+* the model: every stamp records ``model`` (or ``init.model``) ``= jigsawpp.convert.model_record(model_dir)``, the
+  sha256 of the converted model's manifest.json. A result of another model is refused; a result without the record
+  is shown with a deviation saying that it cannot be checked.
 * the method: ``--method`` (or the manifest's paper row) must be a row of the paper's tables (`jigsawpp.paper`).
 
 For detection, the model folder's manifest names the paper row (``jigsawpp convert RELEASE.zip`` writes
@@ -42,6 +43,7 @@ __all__ = [
     "VerifyRow",
     "known_methods",
     "paper_method_of",
+    "result_kind",
     "verify",
 ]
 
@@ -92,17 +94,37 @@ RowBuilder = Callable[[Path, dict, "str | None"], "list[VerifyRow]"]
 
 @dataclass(frozen=True)
 class ResultKind:
-    """How to verify one kind of result: `rows` (a function or ``"module:function"``, imported when needed) and
-    `stamp_path`, the keys leading to its provenance stamp inside the scores.json."""
+    """How to verify one kind of result.
+
+    Attributes:
+        rows: a function or ``"module:function"`` (imported when needed), called as ``rows(scores_path, data,
+            method) -> list[VerifyRow]``; with `paper_table` set, as ``rows(scores_path, data, paper_row) ->
+            VerifyRow | None`` with the method's row of that paper table (the convention of eval.classification
+            and eval.segmentation).
+        stamp_path: the keys leading to the provenance stamp inside the scores.json.
+        paper_table: see `rows`.
+    """
 
     rows: RowBuilder | str
     stamp_path: tuple[str, ...] = ("provenance",)
+    paper_table: str | None = None
 
     def builder(self) -> RowBuilder:
-        if callable(self.rows):
-            return self.rows
-        module, _, name = self.rows.partition(":")
-        return getattr(importlib.import_module(module), name)
+        function = self.rows
+        if isinstance(function, str):
+            module, _, name = function.partition(":")
+            function = getattr(importlib.import_module(module), name)
+        if self.paper_table is None:
+            return function
+        table = self.paper_table
+
+        def one_row(scores_path: Path, data: dict, method: str | None) -> list[VerifyRow]:
+            from jigsawpp.paper import paper_numbers
+
+            row = function(scores_path, data, paper_numbers(method).get(table) if method else None)
+            return [] if row is None else [row]
+
+        return one_row
 
     def stamp(self, data: dict) -> dict:
         node: Any = data
@@ -204,12 +226,27 @@ def detection_rows(scores_path: Path, data: dict, method: str | None) -> list[Ve
                       comparable=test_set is None)]
 
 
-# kind of result -> how to verify it. A scores.json without "kind" is a detection result.
+# kind of result -> how to verify it. The kind is the scores.json's "kind", else its stamp's protocol name
+# (provenance.protocol.protocol), else "detection" (the first protocol, whose scores.json has neither).
 RESULT_KINDS: dict[str, ResultKind] = {
     "detection": ResultKind(detection_rows, ("provenance", "fast_rcnn")),
+    "voc07_classification": ResultKind("eval.classification.provenance:verify_row", ("provenance", "protocol"),
+                                       paper_table="table3"),
+    "fcn_segmentation": ResultKind("eval.segmentation.provenance:verify_row", ("provenance", "protocol"),
+                                   paper_table="table3"),
     "linear_probe": ResultKind("eval.probes.verify_rows:probe_rows"),
     "nonlinear_classifier": ResultKind("eval.probes.verify_rows:probe_rows"),
 }
+
+
+def result_kind(data: dict) -> str | None:
+    """The `RESULT_KINDS` key of a scores.json (None when it says nothing we recognise)."""
+    if isinstance(data.get("kind"), str):
+        return data["kind"]
+    stamp = (data.get("provenance") or {}).get("protocol")
+    if isinstance(stamp, dict) and isinstance(stamp.get("protocol"), str):
+        return stamp["protocol"]
+    return "detection" if "map_11point" in data else None
 
 
 # ---- the core ---------------------------------------------------------------------------------------------------
@@ -226,8 +263,9 @@ def _check_method(method: str | None, model_dir: str | os.PathLike[str], *, give
 
 
 def _model_check(stamp: dict, model_sha: str, model_dir: str | os.PathLike[str], scores: Path) -> str | None:
-    """Refuse a result of another model; a deviation line when the result does not say which model it came from."""
-    record = stamp.get("model") or {}
+    """Refuse a result of another model; a deviation line when the result does not say which model it came from.
+    The record (`jigsawpp.convert.model_record`) sits at the stamp's ``model`` or ``init.model``."""
+    record = stamp.get("model") or (stamp.get("init") or {}).get("model") or {}
     recorded = record.get("manifest_sha256")
     if recorded is None:
         return ("the result does not record which model it came from (no model manifest sha256 in its stamp), so "
@@ -278,8 +316,8 @@ def verify(model_dir: str | os.PathLike[str], results: Sequence[str | os.PathLik
     for item in results:
         scores = _scores_file(item)
         data = _read_scores(scores)
-        kind_name = data.get("kind") or ("detection" if "map_11point" in data else None)
-        kind = RESULT_KINDS.get(kind_name) if isinstance(kind_name, str) else None
+        kind_name = result_kind(data)
+        kind = RESULT_KINDS.get(kind_name) if kind_name is not None else None
         if kind is None:
             raise VerifyError(f"{scores}: result kind {kind_name!r} is not one verify knows ({', '.join(RESULT_KINDS)})"
                               "; pass a scores.json written by `jigsawpp eval`.")
