@@ -578,7 +578,8 @@ PLOT_TITLE_CHARS = 90  # characters per title line at the figure's width and fon
 def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
     """A matplotlib Figure (Agg canvas) with the precision/recall curves of the classes that have ground truth on one
     axes, the legend giving both APs per class. Classes without positives (AP undefined, shown as ``-`` by the CLI)
-    get no curve and no legend entry; the legend title counts them. A long `title` is wrapped to fit the figure.
+    get no curve and no legend entry; the legend title counts them. A long `title` is wrapped to fit the figure
+    (its own line breaks are kept).
     """
     import textwrap
 
@@ -602,7 +603,8 @@ def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
     text = title or f"VOC detection: mAP {ap.map_11point:.3f} (11-point) / {ap.map_area:.3f} (area)"
-    ax.set_title(textwrap.fill(text, PLOT_TITLE_CHARS, break_on_hyphens=False), fontsize=9)
+    wrapped = "\n".join(textwrap.fill(line, PLOT_TITLE_CHARS, break_on_hyphens=False) for line in text.splitlines())
+    ax.set_title(wrapped, fontsize=9)
     hidden = len(ap.class_names) - len(shown)
     legend_title = "class  AP 11-pt / area" + (f"\n({hidden} classes without ground truth not shown)" if hidden else "")
     if shown:

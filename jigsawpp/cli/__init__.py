@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from jigsawpp import __version__
-from jigsawpp.cli.common import OVERWRITE_HELP, StepProgress, parse_device, tidy_on_failure
+from jigsawpp.cli.common import OVERWRITE_HELP, StepProgress, parse_device
 from jigsawpp.cli.errors import JigsawppGroup
 
 
@@ -59,9 +59,8 @@ def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path |
         if prototxt_path or caffemodel or outputs or allow_missing or stages or level:
             raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel (with --output, "
                                    "--allow-missing, --stage, --level), not both.")
-        with tidy_on_failure(out_dir):
-            _convert_release(release, out_dir, deploy=deploy, onnx=not no_onnx, opset=opset,
-                             allow_tower_mismatch=allow_tower_mismatch, overwrite=overwrite)
+        _convert_release(release, out_dir, deploy=deploy, onnx=not no_onnx, opset=opset,
+                         allow_tower_mismatch=allow_tower_mismatch, overwrite=overwrite)
         return
     if prototxt_path is None or caffemodel is None:
         raise click.UsageError("give a RELEASE.zip, or both --prototxt and --caffemodel.")
@@ -69,9 +68,8 @@ def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path |
         raise click.UsageError("--deploy, --no-onnx, --opset and --allow-tower-mismatch apply to a RELEASE.zip only.")
     from jigsawpp.convert import convert_caffe
 
-    with tidy_on_failure(out_dir):
-        result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, stages=stages,
-                               level=level, allow_missing=allow_missing, overwrite=overwrite)
+    result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, stages=stages,
+                           level=level, allow_missing=allow_missing, overwrite=overwrite)
     net = result.manifest["net"]
     click.echo(f"converted {len(net['layers'])} layers ({net['n_parameters'] / 1e6:.1f} M parameters) "
                f"in {result.seconds:.1f} s -> {result.out_dir}")
@@ -152,9 +150,8 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
     """Export a model to ONNX and check it in onnxruntime against PyTorch (the file appears only once it passed)."""
     from jigsawpp.export import export_model
 
-    with tidy_on_failure(out.parent):
-        result = export_model(model, out, caffemodel=caffemodel, variant=variant, stages=stages, level=level,
-                              allow_missing=allow_missing, opset=opset, dynamic=not static, overwrite=overwrite)
+    result = export_model(model, out, caffemodel=caffemodel, variant=variant, stages=stages, level=level,
+                          allow_missing=allow_missing, opset=opset, dynamic=not static, overwrite=overwrite)
     click.echo(f"exported {result.source} -> {result.path}")
     for label, check in result.checks.items():
         errs = ", ".join(f"{k} {v:.1e}" for k, v in check.max_rel_err.items())  # type: ignore[attr-defined]
@@ -184,10 +181,9 @@ def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_sc
 
     steps = demo_steps(release=not no_release, detection=not no_detection)
     with tqdm(total=len(steps), desc="demo", unit="step", leave=False) as bar:
-        with tidy_on_failure(out_dir):
-            report = run_demo(out_dir, seed=seed, progress=StepProgress(bar, len(steps)), release=not no_release,
-                              detection=not no_detection, overwrite=overwrite, keep_scratch=keep_scratch, bars=True,
-                              device=parse_device(device))
+        report = run_demo(out_dir, seed=seed, progress=StepProgress(bar, len(steps)), release=not no_release,
+                          detection=not no_detection, overwrite=overwrite, keep_scratch=keep_scratch, bars=True,
+                          device=parse_device(device))
         bar.update(len(steps) - bar.n)
     width = max(len(step.name) for step in report.steps)
     click.echo(f"jigsawpp demo — files in {report.out_dir}\n")

@@ -13,12 +13,17 @@ into `click.ClickException`, with the library's keyword names replaced by the fl
 that they get reported. ``JIGSAWPP_TRACEBACK=1`` shows the traceback of every error.
 
 Warnings are printed as one plain ``Warning: ...`` line on stderr (Python's default format echoes a source line).
+
+Nothing written: every command's ``--out`` runs under `jigsawpp.cli.common.tidy_on_failure`, so a folder that a
+failing command created for it (and left without a file) is removed again; commands added by any module get this
+when they first run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import traceback
@@ -139,10 +144,40 @@ def warnings_as_lines() -> Iterator[None]:
         yield
 
 
+OUTPUT_FLAGS = ("--out",)  # the project's flag for what a command writes
+
+
+def _guard_outputs(command: click.Command) -> None:
+    """Wrap `command`'s callback (once) so that a failure removes the folders it created for its `OUTPUT_FLAGS`."""
+    names = [p.name for p in command.params if isinstance(p, click.Option) and set(p.opts) & set(OUTPUT_FLAGS)]
+    callback = command.callback
+    if not names or callback is None or getattr(callback, "_outputs_guarded", False):
+        return
+    from jigsawpp.cli.common import tidy_on_failure
+
+    @functools.wraps(callback)
+    def guarded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (any command's signature)
+        with tidy_on_failure(*[kwargs[n] for n in names if kwargs.get(n) is not None]):
+            return callback(*args, **kwargs)
+
+    guarded._outputs_guarded = True  # type: ignore[attr-defined]
+    command.callback = guarded
+
+
+def _guard_tree(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _guard_tree(command)
+        else:
+            _guard_outputs(command)
+
+
 class JigsawppGroup(click.Group):
-    """The top-level group: runs every (sub)command with `warnings_as_lines` and translates user errors."""
+    """The top-level group: runs every (sub)command with `warnings_as_lines`, translates user errors, and removes
+    what a failing command created for its ``--out``."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
+        _guard_tree(self)
         with warnings_as_lines():
             try:
                 return super().invoke(ctx)

@@ -37,6 +37,8 @@ CONVERT = ["convert", "--prototxt", "{ws}/small.prototxt", "--caffemodel", "{ws}
 EXPORT = ["export", "--model", "{ws}/converted"]
 DETECTION = ["eval", "detection", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 VERIFY = ["verify", "--model", "{ws}/converted"]
+CLASSIFICATION = ["eval", "classification", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
+SEGMENTATION = ["eval", "segmentation", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 
 # (id, argv, fragment of the one Error line)
 CASES = [
@@ -96,6 +98,18 @@ CASES = [
     ("detection-out-read-only", [*DETECTION, "--out", "{ro}/out"], "permission denied"),
     ("detection-unknown-setting", [*DETECTION, "--set", "max_iter=5", "--out", "{tmp}/out"], "max_iters"),
     ("detection-bad-device", [*DETECTION, "--device", "cuda:x", "--out", "{tmp}/out"], "is not a torch device"),
+    # eval classification / segmentation (VOC07 classification, FCN)
+    ("classification-not-a-voc-folder", ["eval", "classification", "--model", "{ws}/converted", "--voc", "{ws}/taken",
+                                         "--out", "{tmp}/new/out", "--quiet"], "taken"),
+    ("classification-out-under-file", [*CLASSIFICATION, "--out", "{ws}/a_file/out"], "which is a file"),
+    ("classification-out-read-only", [*CLASSIFICATION, "--out", "{ro}/out"], "permission denied"),
+    ("classification-unknown-setting", [*CLASSIFICATION, "--set", "max_iter=5", "--out", "{tmp}/out"], "max_iter"),
+    ("segmentation-out-under-file", [*SEGMENTATION, "--out", "{ws}/a_file/out"], "which is a file"),
+    ("segmentation-out-read-only", [*SEGMENTATION, "--out", "{ro}/out"], "permission denied"),
+    ("score-classification-missing-results", ["eval", "score-classification", "--voc", "{ws}/voc", "--results",
+                                              "{ws}/taken"], "does not exist"),
+    ("score-segmentation-no-segmentation-sets", ["eval", "score-segmentation", "--voc", "{ws}/voc", "--results",
+                                                 "{ws}/taken"], "ImageSets/Segmentation"),
     # eval score-detections
     ("score-missing-results-files", ["eval", "score-detections", "--voc", "{ws}/voc", "--results", "{ws}/taken"],
      "comp4_det_test_aeroplane.txt does not exist"),

@@ -42,6 +42,7 @@ def test_pr_figure_keeps_title_and_legend_inside_and_lists_only_classes_with_gro
     assert "18 classes without ground truth" in legend.get_title().get_text()
     lbox = legend.get_window_extent(renderer)
     assert lbox.x1 <= width and lbox.y0 >= 0
+    assert pr_curves_figure(ap, title="mAP 0.5\nkey").axes[0].title.get_text() == "mAP 0.5\nkey"  # kept as given
 
 
 def test_ground_truth_panel_beside_detections(tmp_path):
