@@ -3,8 +3,9 @@
 Every command runs inside `JigsawppGroup.invoke`, which translates, in one place:
 
 * the project's errors (all subclasses of ValueError: `caffe_import.CaffeImportError`, `jigsawpp.release`'s
-  ReleaseError, `jigsawpp.safezip.ArchiveError`, `jigsawpp.data.ImageReadError`, ...) and any ValueError or
-  KeyError raised by the project's own code, whose messages are sentences naming the file, layer or field;
+  ReleaseError, `jigsawpp.safezip.ArchiveError`, `jigsawpp.data.ImageReadError`, ...) and any ValueError, KeyError
+  (with a sentence), ImportError (a missing optional package) or FloatingPointError (a training that diverged)
+  raised by the project's own code, whose messages are sentences naming the file, layer or field;
 * OSError (a read-only or full disk, a path under a file, a missing file): the path and what to do;
 
 into `click.ClickException`, with the library's keyword names replaced by the flags of the command that ran
@@ -62,6 +63,11 @@ def _raised_by_us(exc: BaseException) -> bool:
 def _is_ours(exc: BaseException) -> bool:
     module = type(exc).__module__.split(".", 1)[0]
     return module in _OUR_PACKAGES or _raised_by_us(exc)
+
+
+def _is_sentence(exc: KeyError) -> bool:
+    """A KeyError raised with a message (``KeyError("no variant 'x'; available: ...")``), not a bare missing key."""
+    return len(exc.args) == 1 and isinstance(exc.args[0], str) and " " in exc.args[0].strip()
 
 
 def _os_message(exc: OSError) -> str:
@@ -183,7 +189,9 @@ class JigsawppGroup(click.Group):
                 return super().invoke(ctx)
             except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
                 raise
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, ImportError, FloatingPointError) as exc:
                 if os.environ.get(TRACEBACK_ENV) or not (isinstance(exc, OSError) or _is_ours(exc)):
+                    raise
+                if isinstance(exc, KeyError) and not _is_sentence(exc):
                     raise
                 raise click.ClickException(user_message(exc, _leaf_command(exc))) from None

@@ -264,6 +264,31 @@ def test_a_bug_keeps_its_traceback_and_the_switch_shows_every_traceback(monkeypa
     assert isinstance(result.exception, FileExistsError)
 
 
+@pytest.mark.parametrize(("exc", "shown"), [
+    (FloatingPointError("iteration 7: the loss is nan; lower the learning rate"), True),
+    (ImportError("selective search needs cv2.ximgproc: pip install opencv-contrib-python-headless"), True),
+    (KeyError("no variant 'x'; available: ['transfer_conv1s4']"), True),
+    (KeyError("conv9"), False),  # a bare missing key is a bug
+    (TypeError("unsupported operand"), False),
+])
+def test_what_our_code_raises_is_one_line_unless_it_is_a_bug(exc, shown, monkeypatch, workspace, tmp_path):
+    import jigsawpp
+    import jigsawpp.convert
+
+    namespace: dict = {}
+    source = compile("def convert_caffe(*args, **kwargs):\n    raise EXC\n",
+                     os.path.join(os.path.dirname(jigsawpp.__file__), "convert.py"), "exec")  # a frame of ours
+    exec(source, {"EXC": exc}, namespace)
+    monkeypatch.setattr(jigsawpp.convert, "convert_caffe", namespace["convert_caffe"])
+    result = CliRunner().invoke(main, [*[a.format(ws=workspace) for a in CONVERT], "--out", str(tmp_path / "o")])
+    if shown:
+        assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+        message = exc.args[0]
+        assert result.output.splitlines()[-1] == f"Error: {message}"
+    else:
+        assert result.exception is exc
+
+
 def test_library_keywords_are_spelled_as_the_running_command_s_flags():
     from jigsawpp.cli.errors import user_message
 
