@@ -12,8 +12,7 @@ from pathlib import Path
 
 __all__ = ["OVERWRITE_HELP", "StepProgress", "parse_device", "tidy_on_failure"]
 
-OVERWRITE_HELP = ("Replace an existing non-empty output instead of refusing it (the old one stays until the new one is "
-                  "complete).")
+OVERWRITE_HELP = "Replace an existing non-empty output (without this flag it is refused before any work starts)."
 
 
 def _first_missing(path: Path) -> Path | None:
