@@ -2,10 +2,11 @@
 
 Paper §4: features "are extracted from conv4 layer and max-pooled to 5 x 5 x 384 in the case of AlexNet and
 4 x 4 x 512 in the case of VGG16" (pooling presets in `jigsawpp.transfer.teacher`). The image preprocessing for the
-features is not published; we use the Caffe ImageNet convention the teachers were trained with: the image warped to
-256 x 256 (BVLC `examples/imagenet/create_imagenet.sh`, RESIZE_HEIGHT = RESIZE_WIDTH = 256), the centre crop of
-the teacher's input side (227 AlexNet, 224 VGG16; Caffe's TEST-phase `crop_size`), BGR 0-255 minus the mean. Both
-are recorded in the manifest.
+features is not published; we use the Caffe ImageNet convention the teachers were trained with: the image read as
+Caffe read it (`jigsawpp.data.read_image_bgr`), warped to 256 x 256 (BVLC `examples/imagenet/create_imagenet.sh`,
+RESIZE_HEIGHT = RESIZE_WIDTH = 256), the centre crop of the teacher's input side (227 AlexNet, 224 VGG16; Caffe's
+TEST-phase `crop_size`), BGR 0-255 minus the mean (`jigsawpp.data.caffe_transform`). Both are recorded in the
+manifest.
 
 Rows are written chunk by chunk into `features.npy` (a memmap, float16 by default: 1.28M x 9,600 is 24.6 GB) and
 each finished chunk is logged, so an interrupted run resumes where it stopped. Under torchrun every rank extracts
@@ -26,6 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from jigsawpp.data import IMAGE_READING, CaffeTransform, ImageDataset, caffe_transform
 from jigsawpp.transfer.store import (
     ARRAY,
     FORMAT,
@@ -85,40 +87,23 @@ class FeatureResult:
     images_per_second: float
 
 
-@dataclass(frozen=True)
-class CaffeCrop:
-    """Image path -> (3, crop, crop) float32: warped to resize x resize (bilinear), centre crop, minus the BGR mean.
-    Picklable, so data-loading workers run it."""
-
-    resize: int
-    crop: int
-    mean_bgr: tuple[float, float, float]
-
-    def __call__(self, path: Path) -> np.ndarray:
-        import cv2
-
-        from jigsawpp.images import read_bgr
-
-        image = cv2.resize(read_bgr(path), (self.resize, self.resize), interpolation=cv2.INTER_LINEAR)
-        top = (self.resize - self.crop) // 2
-        patch = image[top:top + self.crop, top:top + self.crop].astype(np.float32)
-        patch -= np.asarray(self.mean_bgr, np.float32)
-        return np.ascontiguousarray(patch.transpose(2, 0, 1))
-
-    def record(self) -> dict[str, object]:
-        return {"resize": [self.resize, self.resize], "interpolation": "bilinear (cv2.INTER_LINEAR)",
-                "crop": [self.crop, self.crop], "crop_position": "centre", "channel_order": "BGR",
-                "value_range": [0, 255], "mean_bgr": list(self.mean_bgr)}
+def transform_record(transform: CaffeTransform) -> dict[str, object]:
+    """What the feature transform does, for manifests."""
+    return {"reader": IMAGE_READING, "resize": list(transform.resize) if isinstance(transform.resize, tuple)
+            else transform.resize, "interpolation": "bilinear (cv2.INTER_LINEAR)", "crop": transform.crop,
+            "crop_position": "centre", "mirror": transform.mirror, "channel_order": "BGR", "value_range": [0, 255],
+            "mean_bgr": [float(v) for v in transform.mean_bgr], "scale": transform.scale}
 
 
 class Extractor(Protocol):
-    """What a feature stage computes: `loader` runs per image in the data-loading workers (picklable), `batch` per
-    batch in the main process on the device; a batch's rows are `batch(stack([loader(path), ...]))`, (n, dim)."""
+    """What a feature stage computes: `transform(image_bgr, rng)` runs per image in the data-loading workers
+    (picklable; `jigsawpp.data.ImageDataset` calls it), `batch` per batch in the main process on the device; a
+    batch's rows are `batch(stack([transform(image), ...]))`, (n, dim)."""
 
     identity: dict
     dim: int
     description: str
-    loader: Callable[[Path], np.ndarray]
+    transform: Callable[..., torch.Tensor]
 
     def batch(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -131,10 +116,8 @@ class ModelFeatures:
     def __init__(self, teacher: Teacher, config: FeatureConfig) -> None:
         self.teacher = teacher
         crop = config.crop or teacher.input_size
-        self.loader = CaffeCrop(config.resize, crop, tuple(teacher.mean_bgr))  # type: ignore[arg-type]
-        with torch.no_grad():
-            probe = teacher.tap(torch.zeros(1, 3, crop, crop))
-        channels, height, width = (int(v) for v in probe.shape[1:])
+        self.transform = caffe_transform(mean_bgr=teacher.mean_bgr, resize=(config.resize, config.resize), crop=crop)
+        channels, height, width = teacher.blob_shape(crop)
         if height != width:
             raise ValueError(f"{teacher.blob} is {channels} x {height} x {width} at {crop} px; a square blob is "
                              "needed.")
@@ -149,7 +132,7 @@ class ModelFeatures:
             "teacher": teacher.identity,
             "blob": {"name": teacher.blob, "shape": [channels, height, width]},
             "pooling": self.pooling.to_dict(),
-            "transform": self.loader.record(),
+            "transform": transform_record(self.transform),
             "row_layout": f"C x {side} x {side} flattened in C order (channel-major), as the pooled blob",
         }
 
@@ -158,17 +141,6 @@ class ModelFeatures:
 
     def to(self, device: torch.device) -> None:
         self.teacher.tap.to(device)
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images: ImageList, loader: Callable[[Path], np.ndarray]) -> None:
-        self.images, self.loader = images, loader
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(self.loader(self.images.root / self.images.names[index])), index
 
 
 def extract_features(extractor: Extractor, images: ImageList, out: str | os.PathLike[str], *,
@@ -189,8 +161,10 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
     device = torch.device(device)
     identity = dict(extractor.identity, images={"count": len(images), "sha256": images.sha256()},
                     dtype=config.dtype)
-    if overwrite and rank == 0 and out.exists():
-        shutil.rmtree(out)
+    if rank == 0:
+        from jigsawpp.outputs import prepare_output_dir
+
+        prepare_output_dir(out, overwrite=overwrite, what="feature folder", resume=True)
     barrier()
     manifest = _open_or_create(out, identity, images, config, extractor.dim, rank=rank, barrier=barrier,
                                on_create=on_create)
@@ -206,7 +180,8 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
     extractor.to(device)
     batches = [list(range(s, min(s + config.batch_size, (c + 1) * chunk_rows, len(images))))
                for c in todo for s in range(c * chunk_rows, min((c + 1) * chunk_rows, len(images)), config.batch_size)]
-    loader = torch.utils.data.DataLoader(_Images(images, extractor.loader), batch_sampler=batches,
+    dataset = ImageDataset(images.samples(), extractor.transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
                                          num_workers=config.workers, pin_memory=device.type == "cuda")
     rows_left = {c: min((c + 1) * chunk_rows, len(images)) - c * chunk_rows for c in todo}
     n_rows = sum(rows_left.values())
@@ -215,10 +190,11 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
     bar = tqdm(total=n_rows, desc=f"features (rank {rank})" if world_size > 1 else "features", unit="img",
                disable=not progress, leave=False)
     with torch.inference_mode():
-        for x, index in loader:
+        for x, _, index in loader:
             rows_out = extractor.batch(x.to(device, non_blocking=True)).float().cpu().numpy()
             rows = index.numpy()
-            values = rows_out.astype(config.dtype)
+            with np.errstate(over="ignore"):  # overflow is reported below, naming the image
+                values = rows_out.astype(config.dtype)
             finite = np.isfinite(values).all(axis=1)
             if not finite.all():
                 bad = int(rows[np.flatnonzero(~finite)[0]])
@@ -262,11 +238,10 @@ def _open_or_create(out: Path, identity: dict, images: ImageList, config: Featur
             if found.get("format") != FORMAT or diffs:
                 raise FeatureStoreError(f"{out} holds other features ({'; '.join(diffs) or 'another format'}); "
                                         "choose another --out or pass --overwrite to replace them.")
-        elif out.exists() and any(out.iterdir()):
+        elif any(out.iterdir()):
             raise FeatureStoreError(f"{out} exists, is not empty and has no {MANIFEST}; choose another --out or "
                                     "pass --overwrite.")
         else:
-            out.mkdir(parents=True, exist_ok=True)
             chunks = -(-len(images) // config.chunk_rows)
             np.lib.format.open_memmap(out / ARRAY, mode="w+", dtype=config.dtype, shape=(len(images), dim)).flush()
             (out / IMAGES).write_text(images.text(), encoding="utf-8")

@@ -2,10 +2,11 @@
 
 Paper, Table 3 caption: "In CC+HOG, we cluster bag of words of HOG and predict them with AlexNet" (HOG: Dalal and
 Triggs, CVPR 2005, the paper's [6]). Nothing else is published; our choices (recorded in the feature manifest):
-- the image is warped to 256 x 256 like the CNN features; HOG is OpenCV's `HOGDescriptor` over the whole image with
-  Dalal-Triggs' geometry: 8 x 8-pixel cells, blocks of 2 x 2 cells, block stride 8 (dense, overlapping), 9
-  unsigned orientation bins, L2-Hys block normalisation (clip 0.2), Gaussian block window sigma 4, colour
-  gradients (largest channel). Each block's 36 values are one local descriptor: 31 x 31 = 961 per image;
+- the image is read as Caffe read it (`jigsawpp.data.read_image_bgr`) and warped to 256 x 256 like the CNN
+  features; HOG is OpenCV's `HOGDescriptor` over the whole image with Dalal-Triggs' geometry: 8 x 8-pixel cells,
+  blocks of 2 x 2 cells, block stride 8 (dense, overlapping), 9 unsigned orientation bins, L2-Hys block
+  normalisation (clip 0.2), Gaussian block window sigma 4, colour gradients (largest channel). Each block's 36
+  values are one local descriptor: 31 x 31 = 961 per image;
 - vocabulary: `words` = 1000 visual words by faiss k-means (20 iterations, every sampled descriptor) on
   `vocab_per_image` = 100 descriptors from each of `vocab_images` = 10,000 images drawn with the seed;
 - histogram: each descriptor votes for its nearest word (squared L2); counts divided by the number of descriptors
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jigsawpp.data import ImageDataset
 from jigsawpp.transfer.store import ImageList
 
 
@@ -62,7 +64,7 @@ class HogConfig:
 
 @dataclass(frozen=True)
 class DenseHog:
-    """Image path -> (n_blocks, block * block * bins) float32 HOG block descriptors (picklable for workers)."""
+    """8-bit BGR image -> (n_blocks, block * block * bins) float32 HOG block descriptors (picklable for workers)."""
 
     config: HogConfig
 
@@ -73,12 +75,11 @@ class DenseHog:
         side = c.cell * c.block
         return cv2.HOGDescriptor((c.resize, c.resize), (side, side), (c.stride, c.stride), (c.cell, c.cell), c.bins)
 
-    def __call__(self, path: Path) -> np.ndarray:
+    def __call__(self, image_bgr: np.ndarray) -> np.ndarray:
         import cv2
 
-        from jigsawpp.images import read_bgr
-
-        image = cv2.resize(read_bgr(path), (self.config.resize, self.config.resize), interpolation=cv2.INTER_LINEAR)
+        side = self.config.resize
+        image = cv2.resize(image_bgr, (side, side), interpolation=cv2.INTER_LINEAR)
         return self._descriptor().compute(image).reshape(-1, self.config.descriptor_size)
 
     def record(self) -> dict[str, object]:
@@ -95,26 +96,11 @@ class DenseHog:
 class _SampledHog:
     dense: DenseHog
     per_image: int
-    seed: int
 
-    def __call__(self, item: tuple[Path, int]) -> np.ndarray:
-        path, index = item
-        descriptors = self.dense(path)
-        rng = np.random.default_rng([self.seed, index])
+    def __call__(self, image_bgr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        descriptors = self.dense(image_bgr)
         pick = rng.choice(len(descriptors), size=min(self.per_image, len(descriptors)), replace=False)
-        return descriptors[np.sort(pick)]
-
-
-class _Sample(torch.utils.data.Dataset):
-    def __init__(self, images: ImageList, indices: np.ndarray, fn: _SampledHog) -> None:
-        self.images, self.indices, self.fn = images, indices, fn
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        index = int(self.indices[i])
-        return torch.from_numpy(self.fn((self.images.root / self.images.names[index], index)))
+        return torch.from_numpy(descriptors[np.sort(pick)])
 
 
 def build_vocabulary(images: ImageList, config: HogConfig, *, workers: int = 4,
@@ -126,11 +112,13 @@ def build_vocabulary(images: ImageList, config: HogConfig, *, workers: int = 4,
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(images), size=min(config.vocab_images, len(images)), replace=False))
-    fn = _SampledHog(DenseHog(config), config.vocab_per_image, config.seed)
-    loader = torch.utils.data.DataLoader(_Sample(images, chosen, fn), batch_size=None, num_workers=workers)
-    samples = [t.numpy() for t in tqdm(loader, total=len(chosen), desc="HOG vocabulary", unit="img",
-                                       disable=not progress, leave=False)]
-    data = np.ascontiguousarray(np.concatenate(samples), dtype=np.float32)
+    samples = images.samples()
+    dataset = ImageDataset([samples[i] for i in chosen], _SampledHog(DenseHog(config), config.vocab_per_image),
+                           seed=config.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+    drawn = [t.numpy() for t, _, _ in tqdm(loader, total=len(chosen), desc="HOG vocabulary", unit="img",
+                                           disable=not progress, leave=False)]
+    data = np.ascontiguousarray(np.concatenate(drawn), dtype=np.float32)
     if len(data) < config.words:
         raise ValueError(f"{len(data)} sampled HOG descriptors for {config.words} words; lower --words or sample "
                          "more images.")
@@ -153,12 +141,12 @@ def bow_histogram(descriptors: np.ndarray, words: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _BowLoader:
+class _BowTransform:
     dense: DenseHog
     words: np.ndarray
 
-    def __call__(self, path: Path) -> np.ndarray:
-        return bow_histogram(self.dense(path), self.words)
+    def __call__(self, image_bgr: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return torch.from_numpy(bow_histogram(self.dense(image_bgr), self.words))
 
 
 class HogBowFeatures:
@@ -166,7 +154,7 @@ class HogBowFeatures:
 
     def __init__(self, words: np.ndarray, vocabulary: dict, config: HogConfig) -> None:
         dense = DenseHog(config)
-        self.loader = _BowLoader(dense, np.ascontiguousarray(words, dtype=np.float32))
+        self.transform = _BowTransform(dense, np.ascontiguousarray(words, dtype=np.float32))
         self.dim = int(words.shape[0])
         self.words = words
         self.description = f"bag of {self.dim} words of dense HOG ({dense.record()['descriptors_per_image']} " \

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -172,9 +170,9 @@ def cluster(store: FeatureStore, out: str | os.PathLike[str], *, config: KMeansC
     n, d = store.shape
     if n < config.k:
         raise ValueError(f"{store.path} has {n} rows, fewer than k = {config.k} clusters.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    from jigsawpp.outputs import staged_output
+
+    with staged_output(out, overwrite=True, what="centroids") as staging:  # a stale or refused `out` was handled above
         preprocess, pca_record = Preprocess(config.normalize), None
         if config.normalize == "pca":
             preprocess, pca_record = fit_pca(store, config.pca_dim, block_rows=config.block_rows)
@@ -225,12 +223,6 @@ def cluster(store: FeatureStore, out: str | os.PathLike[str], *, config: KMeansC
 
         write_json_atomic(staging / "manifest.json", manifest)
         plot_objective(iterations, staging / "objective.png", title=f"k-means, k = {config.k}, N = {points_used}")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ClusterResult(out, False, points_used, [it["objective"] for it in iterations], manifest["seconds"])
 
 

@@ -146,7 +146,7 @@ def write_montage(store: FeatureStore, labels: np.ndarray, distances: np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jigsawpp.images import read_bgr
+    from jigsawpp.data import read_image_bgr
 
     non_empty = np.flatnonzero(np.bincount(labels))
     rng = np.random.default_rng(seed)
@@ -157,7 +157,7 @@ def write_montage(store: FeatureStore, labels: np.ndarray, distances: np.ndarray
         members = np.flatnonzero(labels == cluster_id)
         members = members[np.argsort(distances[members], kind="stable")][:MONTAGE_IMAGES]
         for col, i in enumerate(members):
-            image = cv2.resize(read_bgr(store.images.root / store.images.names[i]), (THUMB, THUMB),
+            image = cv2.resize(read_image_bgr(store.images.root / store.images.names[i]), (THUMB, THUMB),
                                interpolation=cv2.INTER_AREA)
             grid[row * step:row * step + THUMB, col * step:col * step + THUMB] = image[:, :, ::-1]
     fig, ax = plt.subplots(figsize=(MONTAGE_IMAGES * 0.9 + 1, len(shown) * 0.9 + 0.6))

@@ -56,6 +56,22 @@ class ImageList:
             digest.update(name.encode("utf-8") + b"\n")
         return digest.hexdigest()
 
+    def samples(self) -> list:
+        """`jigsawpp.data.LabeledImage` rows (label -1 when the dataset has none) for `ImageDataset`."""
+        from jigsawpp.data import LabeledImage
+
+        labels = self.labels if self.labels is not None else (-1,) * len(self.names)
+        return [LabeledImage(str(self.root / n), int(y)) for n, y in zip(self.names, labels)]
+
+    @classmethod
+    def from_samples(cls, samples, root: Path) -> ImageList:
+        """From `jigsawpp.data.Samples` (paths under `root`): names relative to `root`, the dataset's labels."""
+        names = tuple(os.path.relpath(s.path, root) for s in samples.samples)
+        escaping = [n for n in names[:1000] if n.startswith("..")]
+        if escaping:
+            raise ValueError(f"image {escaping[0]} is not under the data root {root}.")
+        return cls(Path(root), names, tuple(int(s.label) for s in samples.samples))
+
     def text(self) -> str:
         if self.labels is None:
             return "".join(f"{n}\n" for n in self.names)
@@ -163,3 +179,45 @@ class ChunkProgress:
             handle.write(f"{chunk}\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def images_from_data(data: str | os.PathLike[str], *, split: str | None = None,
+                     list_file: str | os.PathLike[str] | None = None) -> ImageList:
+    """The images of `data` as `jigsawpp.data` reads the usual layouts, names relative to `data`:
+    a Caffe list file (`list_file`, paths relative to `data`), ImageNet or Places205 train/val (`split`), or an
+    ImageFolder tree (neither). Raises `jigsawpp.data.DatasetLayoutError` naming what was expected."""
+    from jigsawpp.data import image_folder, image_list_file, imagenet_split, places205_split
+
+    root = Path(data)
+    if list_file is not None:
+        if split is not None:
+            raise ValueError("give --split or --list, not both.")
+        samples = image_list_file(list_file, root)
+    elif split is not None:
+        places = (root / "trainvalsplit_places205").is_dir()
+        samples = places205_split(root, split) if places else imagenet_split(root, split)
+    else:
+        samples = image_folder(root)
+    return ImageList.from_samples(samples, root)
+
+
+def write_feature_array(out: str | os.PathLike[str], rows: np.ndarray, images: ImageList, *, identity: dict,
+                        dtype: str = "float16", overwrite: bool = False) -> FeatureStore:
+    """Save features computed elsewhere (rows (N, D), row i for images.names[i]) as a complete feature folder, so
+    `cluster` and `label_features` take them; `identity` says what they are (it decides what they match)."""
+    from jigsawpp.io import write_json_atomic
+    from jigsawpp.outputs import staged_output
+
+    if rows.ndim != 2 or rows.shape[0] != len(images):
+        raise ValueError(f"rows of shape {rows.shape} for {len(images)} images; expected ({len(images)}, D).")
+    values = rows.astype(dtype)
+    if not np.isfinite(values).all():
+        raise FeatureStoreError(f"the rows hold values that are not finite in {dtype}.")
+    with staged_output(out, overwrite=overwrite, what="feature folder") as staging:
+        np.save(staging / ARRAY, values, allow_pickle=False)
+        (staging / IMAGES).write_text(images.text(), encoding="utf-8")
+        full = dict(identity, images={"count": len(images), "sha256": images.sha256()}, dtype=dtype)
+        write_json_atomic(staging / MANIFEST, {
+            "format": FORMAT, "identity": full, "shape": list(values.shape), "dtype": dtype, "chunk_rows":
+            len(values), "chunks": 1, "complete": True, "images": {"root": str(images.root), "list": IMAGES}})
+    return open_features(out)

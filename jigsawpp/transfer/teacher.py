@@ -111,14 +111,19 @@ class Teacher:
     mean_bgr: tuple[float, float, float]
     identity: dict[str, object]          # what the features depend on (kind, files and their sha256, ...)
     description: str
-    blob_shape: tuple[int, int, int] = field(default=(0, 0, 0))  # (C, H, W) at input_size
+    known_shapes: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # input side -> blob (C, H, W)
 
     def __post_init__(self) -> None:
         self.tap.eval()
-        if self.blob_shape == (0, 0, 0):
+
+    def blob_shape(self, side: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of the blob for a side x side input (default: the model's input side); one probe per size."""
+        side = side or self.input_size
+        if side not in self.known_shapes:
             with torch.no_grad():
-                probe = self.tap(torch.zeros(1, 3, self.input_size, self.input_size))
-            self.blob_shape = tuple(int(v) for v in probe.shape[1:])  # type: ignore[assignment]
+                probe = self.tap(torch.zeros(1, 3, side, side))
+            self.known_shapes[side] = tuple(int(v) for v in probe.shape[1:])  # type: ignore[assignment]
+        return self.known_shapes[side]
 
 
 class _AlexNetTap(nn.Module):
@@ -180,7 +185,7 @@ def load_teacher(model: str | os.PathLike[str], *, caffemodel: str | os.PathLike
     identity = {"kind": "caffe", "prototxt": prototxt.name, "prototxt_sha256": sha256_file(prototxt),
                 "caffemodel": caffemodel.name, "caffemodel_sha256": sha256_file(caffemodel), "blob": blob}
     return Teacher(_CaffeTap(net, blob), blob, _input_side(net), IMAGENET_MEAN_BGR, identity,
-                   f"{prototxt.name} + {caffemodel.name} (caffe_import), blob {blob}")
+                   f"{prototxt.name} + {caffemodel.name} (caffe_import), blob {blob}", _inferred(net, blob))
 
 
 def _pair_in_folder(folder: Path) -> tuple[Path, Path]:
@@ -207,6 +212,12 @@ def _input_side(net) -> int:
         raise ValueError(f"input {net.input_names[0]} has shape {list(shape)}; a square N x 3 x S x S input is "
                          "expected for feature extraction.")
     return int(shape[2])
+
+
+def _inferred(net, blob: str) -> dict[int, tuple[int, int, int]]:
+    """caffe_import inferred every blob shape at load time (on the meta device): no probe forward needed."""
+    shape = net.blob_shapes[blob]
+    return {_input_side(net): tuple(int(v) for v in shape[1:])} if len(shape) == 4 else {}
 
 
 def _release_teacher(folder: Path, manifest: dict, *, variant: str, blob: str | None) -> Teacher:
@@ -251,7 +262,7 @@ def _converted_teacher(folder: Path, manifest: dict, *, blob: str | None) -> Tea
     identity = {"kind": "converted", "prototxt_sha256": sha256_file(prototxt), "weights_sha256": sha256_file(weights),
                 "blob": blob}
     return Teacher(_CaffeTap(net, blob), blob, _input_side(net), IMAGENET_MEAN_BGR, identity,
-                   f"{folder.name} (converted {prototxt.name}), blob {blob}")
+                   f"{folder.name} (converted {prototxt.name}), blob {blob}", _inferred(net, blob))
 
 
 def _random_teacher(arch: str, *, blob: str | None, seed: int) -> Teacher:
