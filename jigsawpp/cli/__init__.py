@@ -182,6 +182,7 @@ def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool) -> None
 
 from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I001
 _register_eval(main)
+from jigsawpp.cli.transfer_cmds import transfer_group as _transfer; main.add_command(_transfer)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":

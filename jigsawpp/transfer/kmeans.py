@@ -12,9 +12,11 @@ recorded in CENTROIDS/manifest.json:
   L2-normalised rows, as DeepCluster's `preprocess_features`) are options. The PCA is fitted on every row (chunked
   float64 covariance), not a sample.
 
-Float16 features are clustered without a float32 copy: faiss reads the memmap through an fp16 scalar-quantizer
-codec (`Clustering.train_encoded`), decoding `decode_block_size` rows at a time. Where faiss sees GPUs the
-assignment runs on all of them (replicas).
+Memory: when the rows fit (float32 copy <= half the available memory; 1.28M x 9,600 is 49 GB) they are loaded once
+as float32, block by block, and faiss runs on that array exactly as when called directly. Otherwise (or with
+`in_memory="no"`) nothing is copied: faiss streams the float16 memmap through an fp16 scalar-quantizer codec
+(`Clustering.train_encoded`, `decode_block_size` rows at a time; slower on a GPU, where decoding dominates). The path
+taken is recorded. Where faiss sees GPUs the assignment runs on all of them (replicas).
 
 Output layout of CENTROIDS: manifest.json, centroids.safetensors ("centroids" (k, d) float32, and "pca_mean" (D,),
 "pca_projection" (D, d) for the pca option), objective.png.
@@ -50,16 +52,19 @@ class KMeansConfig:
     normalize: str = "none"                     # not published: none | l2 | pca (PCA-whitening + L2, DeepCluster)
     pca_dim: int = 256                          # pca only: DeepCluster preprocess_features(pca=256)
     gpus: int = -1                              # run-time: -1 every GPU faiss sees, 0 CPU only, n the first n
+    in_memory: str = "auto"                     # run-time: float32 rows in memory (yes), streamed (no), or auto
     block_rows: int = 65536                     # run-time: rows read from the memmap at once
     verbose: bool = True                        # run-time: faiss prints each iteration (the progress display)
 
-    RUNTIME = ("gpus", "block_rows", "verbose")
+    RUNTIME = ("gpus", "in_memory", "block_rows", "verbose")
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.niter < 1:
             raise ValueError(f"k ({self.k}) and niter ({self.niter}) must be >= 1.")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize {self.normalize!r}: expected one of {NORMALIZATIONS}.")
+        if self.in_memory not in ("auto", "yes", "no"):
+            raise ValueError(f"in_memory {self.in_memory!r}: expected auto, yes or no.")
         if self.max_points_per_centroid is not None and self.max_points_per_centroid < 1:
             raise ValueError("max_points_per_centroid must be >= 1 (or None for every point).")
 
@@ -181,27 +186,7 @@ def cluster(store: FeatureStore, out: str | os.PathLike[str], *, config: KMeansC
         clus.max_points_per_centroid = config.max_points_per_centroid or max(1, -(-n // config.k))
         points_used = min(n, config.k * clus.max_points_per_centroid)
         index, device = faiss_index(clus.d, config.gpus)
-        if config.normalize == "none" and store.array.dtype == np.float16:
-            codec = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
-            clus.train_encoded(store.array.view(np.uint8), codec, index)
-            data_path = "float16 rows decoded on the fly (faiss train_encoded, fp16 scalar quantizer)"
-        elif config.normalize == "none":
-            clus.train(store.array, index)
-            data_path = "float32 rows read from the memmap"
-        elif config.normalize == "l2":
-            work = np.lib.format.open_memmap(staging / "l2_rows.npy", mode="w+", dtype=np.float16, shape=(n, d))
-            for begin, block in store.chunks(config.block_rows):
-                work[begin:begin + len(block)] = preprocess.apply(block)
-            work.flush()
-            codec = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
-            clus.train_encoded(work.view(np.uint8), codec, index)
-            del work
-            (staging / "l2_rows.npy").unlink()
-            data_path = "L2-normalised rows stored as float16 in a temporary file, decoded on the fly"
-        else:
-            reduced = np.concatenate([preprocess.apply(block) for _, block in store.chunks(config.block_rows)])
-            clus.train(reduced, index)
-            data_path = f"PCA-whitened, L2-normalised rows ({reduced.shape[1]} dimensions) in memory, float32"
+        data_path = _train(clus, index, store, preprocess, config, staging)
         centroids = faiss.vector_to_array(clus.centroids).reshape(config.k, clus.d)
         stats = clus.iteration_stats
         iterations = [{"iteration": i + 1, "objective": float(stats.at(i).obj), "seconds": float(stats.at(i).time),
@@ -224,6 +209,50 @@ def cluster(store: FeatureStore, out: str | os.PathLike[str], *, config: KMeansC
         write_json_atomic(staging / "manifest.json", manifest)
         plot_objective(iterations, staging / "objective.png", title=f"k-means, k = {config.k}, N = {points_used}")
     return ClusterResult(out, False, points_used, [it["objective"] for it in iterations], manifest["seconds"])
+
+
+def _train(clus, index, store: FeatureStore, preprocess: Preprocess, config: KMeansConfig, staging: Path) -> str:
+    """Run faiss on the (transformed) rows, in memory when they fit (as fast as calling faiss on an array) or
+    streamed from disk (memory stays small; faiss decodes float16 rows block by block); returns what was done."""
+    import faiss
+
+    n, d = store.shape
+    nbytes = n * clus.d * 4
+    in_memory = config.in_memory == "yes" or (config.in_memory == "auto" and nbytes <= 0.5 * _available_memory())
+    what = {"none": "rows", "l2": "L2-normalised rows", "pca": "PCA-whitened, L2-normalised rows"}[config.normalize]
+    if in_memory or config.normalize == "pca":
+        rows = np.empty((n, clus.d), dtype=np.float32)
+        for begin, block in store.chunks(config.block_rows):
+            rows[begin:begin + len(block)] = preprocess.apply(block)
+        clus.train(rows, index)
+        return f"{what} as float32 in memory ({nbytes / 2**30:.2f} GiB)"
+    if config.normalize == "none" and store.array.dtype == np.float32:
+        clus.train(store.array, index)  # faiss reads the float32 memmap itself: no copy
+        return f"{what} read by faiss from the float32 memmap"
+    codec = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
+    if config.normalize == "none":
+        clus.train_encoded(store.array.view(np.uint8), codec, index)
+        return f"{what} streamed from the float16 memmap, decoded by faiss {clus.decode_block_size} at a time"
+    work = np.lib.format.open_memmap(staging / "rows.npy", mode="w+", dtype=np.float16, shape=(n, d))
+    for begin, block in store.chunks(config.block_rows):
+        work[begin:begin + len(block)] = preprocess.apply(block)
+    work.flush()
+    clus.train_encoded(work.view(np.uint8), codec, index)
+    del work
+    (staging / "rows.npy").unlink()
+    return f"{what} stored as float16 in a temporary file, streamed and decoded by faiss"
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable; else free physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _describe(config: KMeansConfig, pca_record: dict | None) -> dict[str, object]:

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from jigsawpp.label_files import PseudoLabels
 from jigsawpp.models import CaffeAlexNet
 from jigsawpp.transfer.network import deploy_text, write_caffemodel
 
@@ -30,9 +31,9 @@ _SPLIT_WORDS = {"train", "training", "trn", "val", "valid", "validation", "test"
 
 
 def write_release_zip(path: str | os.PathLike[str], *, model: CaffeAlexNet, name: str, description: str,
-                      label_lists: Mapping[str, str | os.PathLike[str]]) -> Path:
-    """Write `model` (weights, deploy) and the `path label` lists {split: file} as the release zip `path`.
-    Written to a temporary file beside `path`, then renamed: a failure leaves nothing behind."""
+                      labels: Mapping[str, PseudoLabels]) -> Path:
+    """Write `model` (weights, deploy) and the pseudo-labels {split: labels} (as `path label` lists) as the release
+    zip `path`. Written to a temporary file beside `path`, then renamed: a failure leaves nothing behind."""
     if not _NAME.match(name):
         raise ValueError(f"release name {name!r}: use letters, digits, '_', '-' or '.', e.g. jigsawpp_acc.")
     split_words = set(re.split(r"[^a-z]+", name.lower())) & _SPLIT_WORDS
@@ -53,8 +54,9 @@ def write_release_zip(path: str | os.PathLike[str], *, model: CaffeAlexNet, name
         with zipfile.ZipFile(tmp, "w") as zf:
             zf.writestr(f"{name}/deploy.prototxt", deploy, compress_type=zipfile.ZIP_DEFLATED)
             zf.write(weights, f"{name}/{name}.caffemodel", compress_type=zipfile.ZIP_STORED)
-            for split, file in label_lists.items():
-                zf.write(file, f"{name}/pseudo_labels/{split}.txt", compress_type=zipfile.ZIP_DEFLATED)
+            for split, found in labels.items():
+                text = "".join(f"{n} {int(y)}\n" for n, y in zip(found.names, found.labels))
+                zf.writestr(f"{name}/pseudo_labels/{split}.txt", text, compress_type=zipfile.ZIP_DEFLATED)
             zf.writestr(f"{name}/README.txt", description.rstrip() + "\n", compress_type=zipfile.ZIP_DEFLATED)
         os.replace(tmp, path)
     except BaseException:

@@ -116,6 +116,19 @@ class Teacher:
     def __post_init__(self) -> None:
         self.tap.eval()
 
+    @property
+    def blob_names(self) -> list[str]:
+        """Every blob this teacher can return (the net is pruned after `blob`)."""
+        return self.tap.available()
+
+    def blobs(self, x: torch.Tensor, names: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+        """{name: blob} for several blobs in one forward pass."""
+        return self.tap.many(x, tuple(names))
+
+    def blob_shape_of(self, name: str, side: int) -> tuple[int, int, int]:
+        with torch.no_grad():
+            return tuple(int(v) for v in self.blobs(torch.zeros(1, 3, side, side), (name,))[name].shape[1:])
+
     def blob_shape(self, side: int | None = None) -> tuple[int, int, int]:
         """(C, H, W) of the blob for a side x side input (default: the model's input side); one probe per size."""
         side = side or self.input_size
@@ -134,6 +147,12 @@ class _AlexNetTap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.blobs(x, (self.blob,))[self.blob]
 
+    def many(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return self.net.blobs(x, names)
+
+    def available(self) -> list[str]:
+        return list(self.net.config.blob_names)
+
 
 class _CaffeTap(nn.Module):
     def __init__(self, net: nn.Module, blob: str) -> None:
@@ -143,6 +162,12 @@ class _CaffeTap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(outputs=[self.blob], **{self.input_name: x})[self.blob]
+
+    def many(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return self.net(outputs=list(names), **{self.input_name: x})
+
+    def available(self) -> list[str]:
+        return [b for b in self.net.blob_shapes if b != self.input_name]
 
 
 def load_teacher(model: str | os.PathLike[str], *, caffemodel: str | os.PathLike[str] | None = None,

@@ -20,11 +20,13 @@ layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 16 kernel_size: 11 stride: 4 weight_filler { type: "xavier" } } }
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 }
+}
 layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
   convolution_param { num_output: 32 pad: 2 kernel_size: 5 group: 2 weight_filler { type: "xavier" } } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 3 stride: 2 }
+}
 layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3"
   convolution_param { num_output: 32 pad: 1 kernel_size: 3 weight_filler { type: "xavier" } } }
 layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }

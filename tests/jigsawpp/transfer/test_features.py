@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from reference import pooling
 
 import caffe_import
 import prototxt as bundled
@@ -20,7 +21,6 @@ from jigsawpp.release import convert_release
 from jigsawpp.transfer.features import FeatureConfig, ModelFeatures, extract_features
 from jigsawpp.transfer.store import FeatureStoreError, images_from_data, open_features
 from jigsawpp.transfer.teacher import POOL_PRESETS, load_teacher
-from reference.pooling import pooling
 
 MEAN = np.asarray([104.0, 117.0, 123.0], np.float32)
 

@@ -26,9 +26,11 @@ def digit_rows() -> np.ndarray:
     return load_digits().data.astype(np.float32)  # (1797, 64), values 0..16
 
 
-def test_equals_faiss_called_directly(tmp_path, digit_rows):
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_equals_faiss_called_directly(tmp_path, digit_rows, in_memory):
     store = _store(tmp_path, digit_rows)
-    result = cluster(store, tmp_path / "c", config=KMeansConfig(k=10, niter=8, seed=5, verbose=False))
+    result = cluster(store, tmp_path / "c", config=KMeansConfig(k=10, niter=8, seed=5, verbose=False,
+                                                                in_memory=in_memory))
     ours = load_centroids(tmp_path / "c")
     data = np.asarray(store.array, dtype=np.float32)  # the float16 rows as faiss would get them in float32
     direct = faiss.Kmeans(data.shape[1], 10, niter=8, seed=5, max_points_per_centroid=len(data))
@@ -71,11 +73,16 @@ def test_user_cap_subsamples_and_is_recorded(tmp_path, digit_rows):
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["every_point"] is False
 
 
-def test_l2_option_equals_faiss_on_normalised_rows(tmp_path, digit_rows):
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_l2_option_equals_faiss_on_normalised_rows(tmp_path, digit_rows, in_memory):
+    """In memory: float32 unit rows; streamed: unit rows stored as float16 (the manifest says which)."""
     store = _store(tmp_path, digit_rows)
-    cluster(store, tmp_path / "c", config=KMeansConfig(k=6, niter=5, seed=2, normalize="l2", verbose=False))
+    cluster(store, tmp_path / "c", config=KMeansConfig(k=6, niter=5, seed=2, normalize="l2", verbose=False,
+                                                       in_memory=in_memory))
     x = np.asarray(store.array, dtype=np.float64)
-    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    if in_memory == "no":
+        unit = unit.astype(np.float16).astype(np.float32)
     direct = faiss.Kmeans(64, 6, niter=5, seed=2, max_points_per_centroid=len(x))
     direct.train(unit)
     np.testing.assert_allclose(load_centroids(tmp_path / "c").centroids, direct.centroids, rtol=0, atol=1e-5)
