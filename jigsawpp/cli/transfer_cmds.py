@@ -313,13 +313,20 @@ def _conv5(model: str, caffemodel) -> str | None:
 @click.option("--k", type=int, default=2000, show_default=True, help="Clusters [paper: 2000].")
 @click.option("--normalize", type=click.Choice(("none", "l2", "pca")), default="none", show_default=True)
 @click.option("--name", default="cc_alexnet", show_default=True, help="Release name of the result.")
+@click.option("--feature-set", "feature_sets", multiple=True, metavar="KEY=VALUE",
+              help="FeatureConfig override (e.g. pool_grid=3, dtype=float32).")
+@click.option("--hog-set", "hog_sets", multiple=True, metavar="KEY=VALUE", help="HogConfig override (--teacher hog).")
+@click.option("--kmeans-set", "kmeans_sets", multiple=True, metavar="KEY=VALUE",
+              help="KMeansConfig override (e.g. niter=20, pca_dim=256).")
 @_train_options
 def run_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, list_file, val_split, val_list_file, out, k,
-            normalize, name, iters, batch_size, sets, amp, workers, device, overwrite) -> None:
+            normalize, name, feature_sets, hog_sets, kmeans_sets, iters, batch_size, sets, amp, workers, device,
+            overwrite) -> None:
     """The whole chain, each stage skipped when its output is complete and matches its inputs."""
     try:
         from jigsawpp.engine.distributed import init_distributed, is_main
         from jigsawpp.transfer.features import FeatureConfig
+        from jigsawpp.transfer.hog import HogConfig
         from jigsawpp.transfer.kmeans import KMeansConfig
         from jigsawpp.transfer.pipeline import RunConfig, TeacherSpec, run_transfer
 
@@ -328,8 +335,11 @@ def run_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, list_fi
         val_images = None
         if val_split is not None or val_list_file is not None:
             val_images = _images(data, val_split, val_list_file)
-        config = RunConfig(features=FeatureConfig(workers=workers), kmeans=KMeansConfig(k=k, normalize=normalize),
-                           train=_train_config(iters, batch_size, sets, amp, workers), name=name)
+        config = RunConfig(
+            features=FeatureConfig.from_overrides({"workers": workers, **_parse_sets(feature_sets)}),
+            hog=HogConfig.from_overrides(_parse_sets(hog_sets)),
+            kmeans=KMeansConfig.from_overrides({"k": k, "normalize": normalize, **_parse_sets(kmeans_sets)}),
+            train=_train_config(iters, batch_size, sets, amp, workers), name=name)
         reports = run_transfer(TeacherSpec(model, str(caffemodel) if caffemodel else None, blob, variant,
                                            teacher_seed), train_images, out, val_images=val_images, config=config,
                                device=device, overwrite=overwrite,

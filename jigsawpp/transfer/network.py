@@ -27,18 +27,44 @@ CAFFENET_FILLERS: dict[str, tuple[float, float]] = {
 }
 
 
+INITS = ("caffenet", "msra")
+# Standard deviation of ImageNet pixels on the 0-255 scale: torchvision's normalisation stds (0.229, 0.224, 0.225)
+# (torchvision references/classification) times 255 are 58.4, 57.1, 57.4.
+PIXEL_STD = 57.6
+
+
 @torch.no_grad()
-def caffenet_init_(model: CaffeAlexNet, *, generator: torch.Generator) -> CaffeAlexNet:
-    """Fill every weight of `model` with CaffeNet's gaussian filler and every bias with its constant, in layer order
-    (one generator, so a seed fixes the whole net); returns `model`."""
+def caffenet_init_(model: CaffeAlexNet, *, generator: torch.Generator, init: str = "caffenet") -> CaffeAlexNet:
+    """Fill the weights of `model` in layer order (one generator, so a seed fixes the whole net); returns `model`.
+
+    init "caffenet": CaffeNet's gaussian fillers and bias constants (`CAFFENET_FILLERS`), the default.
+    init "msra": Caffe's MSRAFiller, gaussian std sqrt(2 / fan_in) (He et al. 2015), biases 0, with conv1's std
+    also divided by PIXEL_STD because the input is 0-255 pixels minus the mean, not unit-variance; train it with
+    `solver_multipliers("msra")`. CaffeNet's small fixed stds need thousands of iterations before the loss moves
+    (at small input sizes it does not move at all), so short runs (tests, small data) use this.
+    """
+    if init not in INITS:
+        raise ValueError(f"init {init!r}: expected one of {INITS}.")
     for name, module in model.named_children():
         if name not in CAFFENET_FILLERS:
             continue
         std, bias = CAFFENET_FILLERS[name]
+        if init == "msra":
+            std, bias = (2.0 / (module.weight.numel() / module.weight.shape[0])) ** 0.5, 0.0
+            if name == "conv1":
+                std /= PIXEL_STD
         weight = torch.empty_like(module.weight, device="cpu").normal_(0.0, std, generator=generator)
         module.weight.copy_(weight)
         module.bias.fill_(bias)
     return model
+
+
+def solver_multipliers(init: str) -> dict[str, tuple[float, float]]:
+    """Caffe (lr_mult, decay_mult) overrides that go with `init`: none for "caffenet" (train_val.prototxt's 1/1 and
+    2/0); for "msra", conv1's weights learn at 1 / PIXEL_STD^2, which makes SGD on raw 0-255 pixels with conv1 /
+    PIXEL_STD the same as SGD on unit-variance pixels with plain He initialisation (the gradient grows with the input
+    scale, the weights shrink with it)."""
+    return {"conv1.weight": (1.0 / PIXEL_STD ** 2, 1.0)} if init == "msra" else {}
 
 
 def cc_config(*, num_classes: int, input_size: int = 227, fc: int = 4096) -> AlexNetConfig:

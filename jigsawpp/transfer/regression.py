@@ -81,7 +81,7 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
     from jigsawpp.io import write_json_atomic
     from jigsawpp.models import AlexNetConfig, CaffeAlexNet
     from jigsawpp.outputs import prepare_output_dir
-    from jigsawpp.transfer.network import caffenet_init_
+    from jigsawpp.transfer.network import caffenet_init_, solver_multipliers
     from jigsawpp.transfer.release_out import write_release_zip
 
     config = config or CCConfig()
@@ -97,7 +97,7 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
     grid = grid or (4 if shapes[pair[0]][0] == 512 else 5)
     student = CaffeAlexNet(AlexNetConfig(input_size=config.crop, fc6=None, fc7=None, num_classes=None))
     generator = torch.Generator().manual_seed(config.seed)
-    caffenet_init_(student, generator=generator)
+    caffenet_init_(student, generator=generator, init=config.init)
     model = Regressor(student, {blob: shapes[blob][0] for blob in pair}, grid)
     with torch.no_grad():  # regressors: CaffeNet's gaussian 0.01, bias 0 (no published choice)
         for conv in model.regress.values():
@@ -125,7 +125,8 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
             terms[f"loss_{blob}"] = (diff * diff).sum() / (2 * diff.shape[0] * diff[0].numel())
         return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
 
-    optimizer = CaffeSGD(param_specs(model), momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = CaffeSGD(param_specs(model, multipliers=_prefixed(solver_multipliers(config.init))),
+                         momentum=config.momentum, weight_decay=config.weight_decay)
     lr = LRPolicy("step", config.base_lr, gamma=config.gamma, stepsize=config.stepsize)
     fingerprint = hashlib.sha256(repr((images.sha256(), teacher.identity)).encode()).hexdigest()
     record = {"config": asdict(config), "teacher": teacher.identity, "targets": list(pair), "grid": grid,
@@ -149,6 +150,10 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
                                                "iterations": result.iterations, "release_zip": zip_path.name})
     barrier()
     return RegressionResult(out, zip_path, result.iterations, time.perf_counter() - start)
+
+
+def _prefixed(multipliers: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    return {f"student.{name}": value for name, value in multipliers.items()}
 
 
 @torch.no_grad()

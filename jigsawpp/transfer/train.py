@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from jigsawpp.constants import IMAGENET_MEAN_BGR
 from jigsawpp.label_files import PseudoLabels, load_pseudo_labels
-from jigsawpp.transfer.network import caffenet_init_, cc_config
+from jigsawpp.transfer.network import caffenet_init_, cc_config, solver_multipliers
 
 BVLC_SOLVER = "BVLC/caffe models/bvlc_reference_caffenet/solver.prototxt@9b89154"
 BVLC_NET = "BVLC/caffe models/bvlc_reference_caffenet/train_val.prototxt@9b89154"
@@ -56,6 +56,7 @@ class CCConfig:
     crop: int = 227                # train_val.prototxt crop_size (random in TRAIN, centre in TEST)
     mirror: bool = True            # train_val.prototxt TRAIN mirror
     fc: int = 4096                 # fc6/fc7 width (CaffeNet); smaller only for quick runs
+    init: str = "caffenet"         # train_val.prototxt fillers; "msra" (He) for short runs that must move quickly
     seed: int = 0                  # initialisation, crops, mirrors, order (Caffe's random_seed is unset)
     amp: str = "off"               # run-time: off | bf16 | fp16
     workers: int = 8               # run-time: image decoding processes
@@ -180,14 +181,15 @@ def train_cc(labels_dir: str | os.PathLike[str], data: str | os.PathLike[str], o
         prepare_output_dir(out, overwrite=overwrite, what="cluster-classification training", resume=True)
     barrier()
     model = CaffeAlexNet(cc_config(num_classes=k, input_size=config.crop, fc=config.fc))
-    caffenet_init_(model, generator=torch.Generator().manual_seed(config.seed))
+    caffenet_init_(model, generator=torch.Generator().manual_seed(config.seed), init=config.init)
     model.to(device)
     transform = caffe_transform(mean_bgr=IMAGENET_MEAN_BGR, resize=(config.resize, config.resize),
                                 crop=config.crop, train=True, mirror=config.mirror)
     dataset = ImageDataset(_samples(splits["train"], root, "train"), transform, seed=config.seed)
     source = DatasetSource(dataset, batch_size=config.batch_size // size, seed=config.seed, workers=config.workers,
                            pin_memory=device.type == "cuda")
-    optimizer = CaffeSGD(param_specs(model), momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = CaffeSGD(param_specs(model, multipliers=solver_multipliers(config.init)), momentum=config.momentum,
+                         weight_decay=config.weight_decay)
     lr = LRPolicy("step", config.base_lr, gamma=config.gamma, stepsize=config.stepsize)
     record = {"config": asdict(config), "k": k, "labels": str(labels_dir), "fingerprint": fingerprint,
               "splits": {s: v.count for s, v in splits.items()}, "solver": BVLC_SOLVER, "net": BVLC_NET,

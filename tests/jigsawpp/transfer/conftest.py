@@ -1,9 +1,10 @@
 """A small real labelled image set for the transfer pipeline: scikit-learn's handwritten digits (1,797 real 8 x 8
 scans, labels 0-9), upscaled to 227 x 227 RGB PNGs and laid out as an ImageFolder (root/<digit>/<id>.png), and a
-small Caffe net with CaffeNet's conv1-conv4 geometry (conv4 is 13 x 13 at 227 px) to act as a teacher."""
+small Caffe net with CaffeNet's conv1-conv5 geometry (conv4 is 13 x 13 at 227 px) to act as a teacher."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ import pytest
 PER_CLASS = 30
 SIDE = 227
 
-# conv1..conv4 as CaffeNet (k11 s4, pool 3/2, k5 p2 g2, pool 3/2, k3 p1, k3 p1 g2) with few channels.
+# conv1..conv5 as CaffeNet (k11 s4, pool 3/2, k5 p2 g2, pool 3/2, k3 p1, k3 p1 g2, k3 p1 g2) with few channels.
 TINY_TEACHER = """
 name: "tiny_teacher"
 layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } } }
@@ -33,7 +34,38 @@ layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
 layer { name: "conv4" type: "Convolution" bottom: "conv3" top: "conv4"
   convolution_param { num_output: 32 pad: 1 kernel_size: 3 group: 2 weight_filler { type: "xavier" } } }
 layer { name: "relu4" type: "ReLU" bottom: "conv4" top: "conv4" }
+layer { name: "conv5" type: "Convolution" bottom: "conv4" top: "conv5"
+  convolution_param { num_output: 16 pad: 1 kernel_size: 3 group: 2 weight_filler { type: "xavier" } } }
+layer { name: "relu5" type: "ReLU" bottom: "conv5" top: "conv5" }
 """
+
+
+@contextlib.contextmanager
+def single_thread():
+    """The tensors here are tiny: one thread is as fast, and avoids OpenMP spin-waiting when the machine is busy."""
+    import faiss
+    import torch
+
+    threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(omp)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def thread_limit():
+    """`single_thread` for fixtures of a wider scope than the autouse one."""
+    return single_thread
 
 
 @pytest.fixture(scope="session")
