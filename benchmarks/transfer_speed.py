@@ -48,12 +48,16 @@ def device_name(device: str) -> str:
     return f"{model}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
-def sample_photos():
-    """Real colour photographs shipped by the dependencies, as BGR uint8 arrays."""
+def sample_photos(*, few: bool = False):
+    """Real colour photographs shipped by the dependencies, as BGR uint8 arrays (`few`: matplotlib's only)."""
     import cv2
     import numpy as np
 
-    photos = []
+    from jigsawpp.images import demo_photo_path
+
+    photos = [cv2.imread(str(demo_photo_path()))[:, :, ::-1]]
+    if few:
+        return [np.ascontiguousarray(p[:, :, ::-1]) for p in photos]
     try:
         from skimage import data as skdata
 
@@ -66,19 +70,16 @@ def sample_photos():
         photos += list(load_sample_images().images)
     except ImportError:
         pass
-    from jigsawpp.images import demo_photo_path
-
-    photos.append(cv2.imread(str(demo_photo_path()))[:, :, ::-1])
     return [np.ascontiguousarray(p[:, :, ::-1]) for p in photos]
 
 
-def make_images(folder: Path, count: int, seed: int = 0) -> None:
+def make_images(folder: Path, count: int, seed: int = 0, *, few: bool = False) -> None:
     """`count` random crops (at least 40% of each side) of the sample photos, 256-500 px, as JPEG class folders."""
     import cv2
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    photos = sample_photos()
+    photos = sample_photos(few=few)
     for i in range(count):
         photo = photos[i % len(photos)]
         h, w = photo.shape[:2]

@@ -58,8 +58,6 @@ class FeatureConfig:
     workers: int = 4               # image decoding processes; run-time only
     chunk_rows: int = 8192         # rows per resumable chunk (fixed by the first run of a folder)
 
-    RUNTIME = ("batch_size", "workers", "chunk_rows")
-
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: expected float16 or float32.")
@@ -166,8 +164,8 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
 
         prepare_output_dir(out, overwrite=overwrite, what="feature folder", resume=True)
     barrier()
-    manifest = _open_or_create(out, identity, images, config, extractor.dim, rank=rank, barrier=barrier,
-                               on_create=on_create)
+    manifest = _open_or_create(out, identity, images, config, extractor.dim, rank=rank, world_size=world_size,
+                               barrier=barrier, on_create=on_create)
     shape = (len(images), extractor.dim)
     chunks = int(manifest["chunks"])
     if manifest.get("complete"):
@@ -229,7 +227,7 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
 
 
 def _open_or_create(out: Path, identity: dict, images: ImageList, config: FeatureConfig, dim: int, *, rank: int,
-                    barrier: Callable[[], None], on_create: Callable[[Path], None] | None) -> dict:
+                    world_size: int, barrier: Callable[[], None], on_create: Callable[[Path], None] | None) -> dict:
     manifest_path = out / MANIFEST
     if rank == 0:
         if manifest_path.is_file():
@@ -242,13 +240,15 @@ def _open_or_create(out: Path, identity: dict, images: ImageList, config: Featur
             raise FeatureStoreError(f"{out} exists, is not empty and has no {MANIFEST}; choose another --out or "
                                     "pass --overwrite.")
         else:
-            chunks = -(-len(images) // config.chunk_rows)
+            # at least 4 chunks per process when the list is short, so that every rank gets work
+            chunk_rows = max(1, min(config.chunk_rows, -(-len(images) // (4 * world_size))))
+            chunks = -(-len(images) // chunk_rows)
             np.lib.format.open_memmap(out / ARRAY, mode="w+", dtype=config.dtype, shape=(len(images), dim)).flush()
             (out / IMAGES).write_text(images.text(), encoding="utf-8")
             if on_create is not None:
                 on_create(out)
             manifest = {"format": FORMAT, "identity": identity, "shape": [len(images), dim], "dtype": config.dtype,
-                        "chunk_rows": config.chunk_rows, "chunks": chunks, "complete": False,
+                        "chunk_rows": chunk_rows, "chunks": chunks, "complete": False,
                         "images": {"root": str(images.root), "list": IMAGES},
                         "config": {k: v for k, v in asdict(config).items()}}
             _write_manifest(out, manifest)
