@@ -53,7 +53,7 @@ class KMeansConfig:
     pca_dim: int = 256                          # pca only: DeepCluster preprocess_features(pca=256)
     gpus: int = -1                              # run-time: -1 every GPU faiss sees, 0 CPU only, n the first n
     in_memory: str = "auto"                     # run-time: float32 rows in memory (yes), streamed (no), or auto
-    block_rows: int = 65536                     # run-time: rows read from the memmap at once
+    block_rows: int = 8192                      # run-time: rows read from the memmap at once
     verbose: bool = True                        # run-time: faiss prints each iteration (the progress display)
 
     RUNTIME = ("gpus", "in_memory", "block_rows", "verbose")
@@ -222,8 +222,10 @@ def _train(clus, index, store: FeatureStore, preprocess: Preprocess, config: KMe
     what = {"none": "rows", "l2": "L2-normalised rows", "pca": "PCA-whitened, L2-normalised rows"}[config.normalize]
     if in_memory or config.normalize == "pca":
         rows = np.empty((n, clus.d), dtype=np.float32)
-        for begin, block in store.chunks(config.block_rows):
-            rows[begin:begin + len(block)] = preprocess.apply(block)
+        for begin in range(0, n, config.block_rows):
+            block = store.array[begin:begin + config.block_rows]
+            rows[begin:begin + len(block)] = block if preprocess.kind == "none" else preprocess.apply(
+                np.asarray(block, dtype=np.float32))
         clus.train(rows, index)
         return f"{what} as float32 in memory ({nbytes / 2**30:.2f} GiB)"
     if config.normalize == "none" and store.array.dtype == np.float32:

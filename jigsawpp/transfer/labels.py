@@ -47,7 +47,7 @@ class LabelResult:
         return int((self.sizes == 0).sum())
 
 
-def nearest_centroids(store: FeatureStore, centroids: Centroids, *, block_rows: int = 65536,
+def nearest_centroids(store: FeatureStore, centroids: Centroids, *, block_rows: int = 16384,
                       gpus: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,) int32, squared distances (N,) float32): nearest centroid of every row, read block by block."""
     preprocess = centroids.preprocess
