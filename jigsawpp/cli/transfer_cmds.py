@@ -238,12 +238,15 @@ def _train_config(iters, batch_size, sets, amp, workers):
                    "pseudo_labels/ folder of a converted release (the authors' labels).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder the pseudo-label image paths are relative to.")
+@click.option("--val-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder the val pseudo-label paths are relative to, if not --data (the authors' ImageNet lists "
+                   "name val images relative to the val folder).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Training folder; NAME.zip inside is the release-shaped result. Re-running resumes.")
 @click.option("--name", default="cc_alexnet", show_default=True,
               help="Release name (a paper release name such as jigsawpp_acc attaches its numbers in convert).")
 @_train_options
-def train_cmd(labels, data, out, name, iters, batch_size, sets, amp, workers, device, overwrite) -> None:
+def train_cmd(labels, data, val_data, out, name, iters, batch_size, sets, amp, workers, device, overwrite) -> None:
     """Cluster classification: train the stride-4 CaffeNet AlexNet (fc8 = k) on the pseudo-labels."""
     try:
         from jigsawpp.engine.distributed import init_distributed, is_main
@@ -251,7 +254,7 @@ def train_cmd(labels, data, out, name, iters, batch_size, sets, amp, workers, de
 
         init_distributed()
         result = train_cc(labels, data, out, config=_train_config(iters, batch_size, sets, amp, workers), name=name,
-                          device=device, overwrite=overwrite)
+                          device=device, overwrite=overwrite, val_data=val_data)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     if is_main():

@@ -150,10 +150,12 @@ def evaluate(model: torch.nn.Module, labels: PseudoLabels, root: Path, *, config
 
 def train_cc(labels_dir: str | os.PathLike[str], data: str | os.PathLike[str], out: str | os.PathLike[str], *,
              config: CCConfig | None = None, name: str = "cc_alexnet", device: torch.device | str | None = None,
-             overwrite: bool = False, description: str = "") -> CCResult:
-    """Train the CC AlexNet on `labels_dir`'s train split (images under `data`), TEST on its val split when present,
-    and write the release zip (see the module docstring). Re-running the same command resumes; under torchrun
-    each process takes its share of every batch of `config.batch_size`."""
+             overwrite: bool = False, description: str = "",
+             val_data: str | os.PathLike[str] | None = None) -> CCResult:
+    """Train the CC AlexNet on `labels_dir`'s train split (images under `data`), TEST on its val split when present
+    (images under `val_data`, default `data`; the authors' lists name val images relative to the val folder), and
+    write the release zip (see the module docstring). Re-running the same command resumes; under torchrun each
+    process takes its share of every batch of `config.batch_size`."""
     from jigsawpp.data import ImageDataset, caffe_transform
     from jigsawpp.engine.distributed import barrier, is_main, resolve_device, world
     from jigsawpp.engine.loop import DatasetSource, train_loop
@@ -168,6 +170,7 @@ def train_cc(labels_dir: str | os.PathLike[str], data: str | os.PathLike[str], o
     config = config or CCConfig()
     start = time.perf_counter()
     out, root = Path(out), Path(data)
+    val_root = Path(val_data) if val_data is not None else root
     device = resolve_device(str(device) if device else None)
     rank, size = world()
     if config.batch_size % size:
@@ -210,7 +213,7 @@ def train_cc(labels_dir: str | os.PathLike[str], data: str | os.PathLike[str], o
                             desc="cluster classification", display=config.display, seed=config.seed,
                             runtime_keys=set(config.RUNTIME))
         if "val" in splits and not any(t["iteration"] == stop for t in tests):
-            scores = evaluate(model, splits["val"], root, config=config, device=device,
+            scores = evaluate(model, splits["val"], val_root, config=config, device=device,
                               limit=config.test_iter * config.test_batch)
             tests.append({"iteration": stop, **scores})
             if is_main():
