@@ -232,6 +232,7 @@ def _train(clus, index, store: FeatureStore, preprocess: Preprocess, config: KMe
         clus.train(store.array, index)  # faiss reads the float32 memmap itself: no copy
         return f"{what} read by faiss from the float32 memmap"
     codec = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
+    clus.decode_block_size = config.block_rows  # faiss's decode buffer: block_rows x d float32
     if config.normalize == "none":
         clus.train_encoded(store.array.view(np.uint8), codec, index)
         return f"{what} streamed from the float16 memmap, decoded by faiss {clus.decode_block_size} at a time"
