@@ -200,6 +200,7 @@ from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I00
 _register_eval(main)
 from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
 _register_voc(main)
+from jigsawpp.cli.transfer_cmds import transfer_group as _transfer; main.add_command(_transfer)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":
