@@ -115,6 +115,21 @@ CASES = [
      "comp4_det_test_aeroplane.txt does not exist"),
     ("score-not-a-voc-folder", ["eval", "score-detections", "--voc", "{ws}/taken", "--results", "{ws}/taken"],
      "is neither a VOCdevkit folder"),
+    # transfer (knowledge transfer by cluster classification)
+    ("transfer-features-model-without-conv4", ["transfer", "features", "{ws}/converted", "--data", "{ws}/voc",
+                                               "--out", "{tmp}/out"], "has no blob named conv4"),
+    ("transfer-hog-not-an-image-folder", ["transfer", "hog", "--data", "{ws}/taken", "--out", "{tmp}/out"],
+     "has no class folders"),
+    ("transfer-cluster-not-a-feature-folder", ["transfer", "cluster", "{ws}/taken", "--out", "{tmp}/out"],
+     "is it the --out folder of `jigsawpp transfer features`"),
+    ("transfer-label-not-a-feature-folder", ["transfer", "label", "{ws}/taken", "{ws}/taken", "--out", "{tmp}/out"],
+     "no manifest.json"),
+    ("transfer-train-no-pseudo-labels", ["transfer", "train", "--labels", "{ws}/taken", "--data", "{ws}/taken",
+                                         "--out", "{tmp}/out"], "has no train.npz"),
+    ("transfer-regress-model-without-conv5", ["transfer", "regress", "{ws}/converted", "--data", "{ws}/voc",
+                                              "--out", "{tmp}/out"], "requested output blob(s) ['conv5']"),
+    ("transfer-run-not-an-image-folder", ["transfer", "run", "--teacher", "{ws}/converted", "--data", "{ws}/taken",
+                                          "--out", "{tmp}/out"], "has no class folders"),
     # verify
     ("verify-unknown-method", [*VERIFY, "--results", "{ws}/scores_this.json", "--method", "Jigsaw+++"],
      "not a row of the paper's tables; known rows: Supervised, CC+HOG"),
@@ -138,7 +153,7 @@ def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tup
 
 
 def _command_of(argv: list[str]) -> tuple[str, ...]:
-    return tuple(argv[:2]) if argv[0] == "eval" else (argv[0],)
+    return tuple(argv[:2]) if isinstance(main.commands.get(argv[0]), click.Group) else (argv[0],)
 
 
 def test_every_command_is_in_the_table():
