@@ -53,7 +53,8 @@ class SkippedJob:
 @dataclass(frozen=True)
 class Plan:
     model_dir: Path
-    model_sha256: str  # of the model folder's manifest.json
+    manifest: Path  # the model's manifest.json (`jigsawpp.convert.model_manifest_path`)
+    model_sha256: str  # of that file
     method: str | None  # the paper row (jigsawpp.paper) the model is, None when unknown
     datasets: Datasets
     scale: str
@@ -97,20 +98,16 @@ def _processes(job: Job, settings: Mapping[str, Any], gpus_per_job: int) -> int:
     return max(n for n in range(1, max(1, gpus_per_job) + 1) if batch % n == 0)
 
 
-def _manifest(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
-    path = model_dir / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; --model must be a folder written by `jigsawpp convert`.")
+def _manifest(model_dir: Path) -> tuple[Path, bytes, dict[str, Any]]:
+    """The converted model's manifest.json (a release root's for one of its variant folders), raw and parsed."""
+    from jigsawpp.convert import model_manifest_path
+
+    path = model_manifest_path(model_dir)
     raw = path.read_bytes()
     try:
-        return raw, json.loads(raw)
-    except json.JSONDecodeError:
+        return path, raw, json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path} is not JSON; convert the model again with `jigsawpp convert`.") from None
-
-
-def paper_method(manifest: Mapping[str, Any]) -> str | None:
-    """The paper row a converted model's manifest names (as `eval.verify.paper_method_of`)."""
-    return (manifest.get("paper") or {}).get("method") or (manifest.get("release") or {}).get("paper_method")
 
 
 def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Sequence[str] | None = None,
@@ -119,14 +116,19 @@ def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Se
     """Resolve every job `only` selects (all by default) for this model and these datasets.
 
     Raises:
-        FileNotFoundError, ValueError: no usable manifest in `model_dir`.
+        FileNotFoundError, ValueError: no usable manifest in `model_dir`; a `method` that is no row of the paper.
         KeyError: an unknown job/group in `only` or `overrides`, or an override key its protocol does not have
             (the message names the job and the key).
     """
+    from eval.verify import known_methods, paper_method_of
+
     if scale not in SCALES:
         raise ValueError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}.")
+    if method is not None and method not in known_methods():
+        raise ValueError(f"--method {method!r} is not a row of the paper's tables; known rows: "
+                         f"{', '.join(known_methods())}.")
     model = Path(model_dir)
-    raw, manifest = _manifest(model)
+    manifest_path, raw, _ = _manifest(model)
     overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     groups = {j.group for j in JOBS.values()}
     unknown = sorted(k for k in overrides if k not in JOBS and k not in groups)
@@ -147,8 +149,8 @@ def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Se
             raise KeyError(f"{job.name}: {text}") from None
         planned.append(PlannedJob(job.name, settings, _processes(job, settings, gpus_per_job),
                                   job.estimate(settings, datasets)))
-    return Plan(model_dir=model, model_sha256=hashlib.sha256(raw).hexdigest(),
-                method=method or paper_method(manifest), datasets=datasets, scale=scale, overrides=overrides,
+    return Plan(model_dir=model, manifest=manifest_path, model_sha256=hashlib.sha256(raw).hexdigest(),
+                method=method or paper_method_of(model), datasets=datasets, scale=scale, overrides=overrides,
                 jobs=tuple(planned), skipped=tuple(skipped))
 
 
@@ -228,6 +230,6 @@ def write_plan(run_dir: str | os.PathLike[str], plan: Plan) -> Path:
     record["skipped"] = {k: v for k, v in record["skipped"].items() if k not in record["jobs"]}
     fd, tmp = atomic_path(run / MODEL_COPY)  # the same bytes: verify compares the manifest's sha256 with the stamps'
     with os.fdopen(fd, "wb") as handle:
-        handle.write((plan.model_dir / "manifest.json").read_bytes())
+        handle.write(plan.manifest.read_bytes())
     os.replace(tmp, run / MODEL_COPY)
     return write_json_atomic(run / PLAN_FILE, record)

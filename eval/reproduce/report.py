@@ -41,6 +41,7 @@ ENVIRONMENT_KEYS = (("jigsawpp", "jigsawpp"), ("python", "Python"), ("torch", "t
                     ("numpy", "numpy"), ("opencv", "OpenCV"), ("device", "device"), ("gpu", "GPU"), ("cuda", "CUDA"),
                     ("cudnn", "cuDNN"), ("world_size", "processes"))
 DASH = "–"
+NOT_COMPARABLE = "n/c"
 # captions of the protocols' figures, by file name or folder (the relative path follows)
 FIGURE_CAPTIONS = {"pr_curves.png": "precision/recall curves per class, ", "iu.png": "IU per class, ",
                    "detections": "sample detections, ", "overlays": "predicted labels over the image, ",
@@ -56,6 +57,13 @@ class ReportFiles:
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
     return DASH if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _difference(cell: Cell | None) -> str:
+    """The measured minus the paper's number, or `NOT_COMPARABLE` when verify says the data differ."""
+    if cell is not None and not cell.comparable and cell.measured is not None and cell.paper is not None:
+        return NOT_COMPARABLE
+    return _num(None if cell is None else cell.difference, "+.1f")
 
 
 def _duration(seconds: float | None) -> str:
@@ -103,13 +111,15 @@ def _paper_section(doc: Document, summary: RunSummary, figures: Path) -> None:
         paper = summary.paper.get(table) or {}
         measured = [cells[c].measured if c in cells else None for c in columns]
         paper_values = [paper.get(c) for c in columns]
-        diffs = [cells[c].difference if c in cells else None for c in columns]
+        diffs = [_difference(cells.get(c)) for c in columns]
         doc.add(Heading(3, f"{_table_name(table)}: {TABLES[table].caption}"), Table(
             header=("", *(_title(c) for c in columns)),
             rows=((f"paper ({summary.method or 'unknown row'})", *(_num(v) for v in paper_values)),
-                  ("measured", *(_num(v) for v in measured)),
-                  ("difference", *(_num(v, "+.1f") for v in diffs))),
+                  ("measured", *(_num(v) for v in measured)), ("difference", *diffs)),
             strong_rows=frozenset({1})))
+        if NOT_COMPARABLE in diffs:
+            doc.add(Text(f"{NOT_COMPARABLE}: not comparable, measured on other data than the paper's number (see "
+                         "the deviations).", "note"))
         png = paper_bars([_title(c) for c in columns], [("paper", paper_values), ("measured", measured)],
                          figures / f"{table}_paper_vs_measured.png", ylabel="%",
                          title=f"{_table_name(table)}: {summary.method or 'model'}, paper vs measured")
@@ -178,7 +188,7 @@ def _job_section(doc: Document, j: JobResult, figures: Path) -> None:
         if c.measured is not None:
             protocol = f" Protocol: {c.protocol}." if c.protocol else ""
             doc.add(Text(f"{_table_name(c.table)}, {_title(c.column)}: measured {_num(c.measured)}, paper "
-                         f"{_num(c.paper)}, difference {_num(c.difference, '+.1f')}.{protocol}"))
+                         f"{_num(c.paper)}, difference {_difference(c)}.{protocol}"))
     if j.scores is None:
         doc.add(Text(f"No scores yet (state: {j.state})." + (f" Error: {(j.status or {}).get('error')}"
                                                                if j.state == "failed" else "")))
@@ -233,7 +243,8 @@ def run_document(summary: RunSummary, figures: Path) -> Document:
 
 def _cell_data(j: JobResult, c: Cell) -> dict[str, Any]:
     return {"job": j.name, "table": c.table, "column": c.column, "measured": c.measured, "paper": c.paper,
-            "difference": c.difference, "protocol": c.protocol, "deviations": list(c.deviations)}
+            "difference": c.difference, "comparable": c.comparable, "protocol": c.protocol,
+            "deviations": list(c.deviations)}
 
 
 def report_data(summary: RunSummary) -> dict[str, Any]:

@@ -86,6 +86,9 @@ def test_scale_overrides_and_processes(model, datasets):
         make_plan(model, datasets, overrides={"detection": {"amp": True}})
     with pytest.raises(KeyError, match="--only: unknown job.*'segm'"):
         make_plan(model, datasets, only=["segm"])
+    with pytest.raises(ValueError, match=r"--method 'Jigsaw\+' is not a row"):
+        make_plan(model, datasets, method="Jigsaw+")
+    assert make_plan(model, datasets, method="Jigsaw++", only=["cls"]).method == "Jigsaw++"
 
 
 def test_dry_run_prints_the_plan(model, datasets, tmp_path):
