@@ -39,6 +39,7 @@ DETECTION = ["eval", "detection", "--model", "{ws}/converted", "--voc", "{ws}/vo
 VERIFY = ["verify", "--model", "{ws}/converted"]
 CLASSIFICATION = ["eval", "classification", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 SEGMENTATION = ["eval", "segmentation", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
+REPRODUCE = ["reproduce", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 
 # (id, argv, fragment of the one Error line)
 CASES = [
@@ -130,6 +131,17 @@ CASES = [
                                               "--out", "{tmp}/out"], "requested output blob(s) ['conv5']"),
     ("transfer-run-not-an-image-folder", ["transfer", "run", "--teacher", "{ws}/converted", "--data", "{ws}/taken",
                                           "--out", "{tmp}/out"], "has no class folders"),
+    # reproduce and report (refused before any job runs)
+    ("reproduce-out-under-file", [*REPRODUCE, "--out", "{ws}/a_file/run"], "which is a file"),
+    ("reproduce-out-foreign-folder", [*REPRODUCE, "--out", "{ws}/taken"], "holds no reproduce run"),
+    ("reproduce-out-read-only", [*REPRODUCE, "--out", "{ro}/run"], "permission denied"),
+    ("reproduce-unknown-setting", [*REPRODUCE, "--set", "cls.max_iter=5", "--out", "{tmp}/run"], "max_iter"),
+    ("reproduce-unknown-job", [*REPRODUCE, "--only", "detection", "--out", "{tmp}/run"], "unknown job"),
+    ("reproduce-nothing-to-run", ["reproduce", "--model", "{ws}/converted", "--out", "{tmp}/run"], "nothing to run"),
+    ("reproduce-model-not-converted", ["reproduce", "--model", "{ws}/taken", "--voc", "{ws}/voc", "--out",
+                                       "{tmp}/run"], "manifest.json does not exist"),
+    ("report-not-a-run", ["report", "{ws}/taken"], "is not a `jigsawpp reproduce --out` folder"),
+    ("report-several-without-out", ["report", "{ws}/taken", "{ws}/voc"], "several runs need --out"),
     # verify
     ("verify-unknown-method", [*VERIFY, "--results", "{ws}/scores_this.json", "--method", "Jigsaw+++"],
      "not a row of the paper's tables; known rows: Supervised, CC+HOG"),
