@@ -63,6 +63,9 @@ def save_caffemodel(net, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = net.graph
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a caffemodel is an ordinary output file
     try:
         with os.fdopen(fd, "wb") as handle:
             name = graph.name.encode("utf-8")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,8 +400,9 @@ class VOCDetectionMetric:
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through a temporary file in the same folder, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from jigsawpp.io import atomic_path  # the user's umask, unlike mkstemp's 0600
+
+    fd, tmp = atomic_path(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -16,6 +16,7 @@ converted Caffe model (``jigsawpp convert --prototxt --caffemodel``: ``model.saf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -58,6 +59,7 @@ class TransferWeights:
     source: str
     sha256: str | None = None
     layers: tuple[str, ...] = CONV_LAYERS
+    model: dict[str, str] | None = None  # jigsawpp.convert.model_record of the folder: verify checks it
 
     def groups(self) -> dict[str, int]:
         """Each conv layer's group count, from its input channels and the weight's (Cout, Cin / group, k, k) shape."""
@@ -75,7 +77,8 @@ class TransferWeights:
 
     def stamp(self) -> dict[str, object]:
         """What a provenance stamp records about the initialisation."""
-        return {"transferred_layers": list(self.layers), "from": self.source, "sha256": self.sha256}
+        return {"transferred_layers": list(self.layers), "from": self.source, "sha256": self.sha256,
+                "model": self.model}
 
 
 # The name the detection protocol has always used for the conv-only case.
@@ -148,13 +151,24 @@ def transfer_weights_from_model_dir(model_dir: str | os.PathLike[str], *,
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if "variants" in manifest:
-            return _release_weights(directory, manifest, layers)
+            weights = _release_weights(directory, manifest, layers)
+            return dataclasses.replace(weights, model=_model_record(directory))
     path = directory / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; --model must be a folder written by `jigsawpp convert` "
                                 "(a release folder with manifest.json, or model.safetensors + manifest.json).")
     return TransferWeights(tensors=_pick(load_state_dict_file(path), layers, str(path)), source=str(directory.name),
-                           sha256=sha256_file(path), layers=layers)
+                           sha256=sha256_file(path), layers=layers, model=_model_record(directory))
+
+
+def _model_record(directory: Path) -> dict[str, str] | None:
+    """`jigsawpp.convert.model_record`, or None for a folder without a manifest (nothing for verify to check)."""
+    from jigsawpp.convert import model_record
+
+    try:
+        return model_record(directory)
+    except FileNotFoundError:
+        return None
 
 
 def conv_weights_from_model_dir(model_dir: str | os.PathLike[str]) -> TransferWeights:

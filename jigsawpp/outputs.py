@@ -17,7 +17,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OutputDirError", "clean_stale_partials", "partial_path", "prepare_output_dir", "staged_output"]
+__all__ = ["OutputDirError", "check_output_dir", "clean_stale_partials", "partial_path", "prepare_output_dir",
+           "staged_output"]
 
 
 class OutputDirError(FileExistsError):
@@ -117,6 +118,21 @@ def _move_into_place(staging: Path, path: Path) -> None:
         os.replace(staging, path)
 
 
+def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
+    """Refuse, before any work, what `staged_output` would refuse: `path` under a file, or a non-empty folder
+    without `overwrite`. Writes nothing.
+
+    Raises:
+        OutputDirError: as `prepare_output_dir`.
+    """
+    path = Path(path)
+    _refuse_file_ancestors(path, what)
+    if _non_empty(path) and not overwrite:
+        raise OutputDirError(f"{what}: {path} exists and is not empty; choose another folder or pass --overwrite "
+                             "to replace it.")
+    return path
+
+
 @contextlib.contextmanager
 def staged_output(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Iterator[Path]:
     """Build an output folder atomically: yields an empty ``.NAME.partial-<pid>`` sibling of `path`, renamed to
@@ -125,11 +141,7 @@ def staged_output(path: str | os.PathLike[str], *, overwrite: bool, what: str = 
     Raises:
         OutputDirError: as `prepare_output_dir`, checked before the block runs.
     """
-    path = Path(path)
-    _refuse_file_ancestors(path, what)
-    if _non_empty(path) and not overwrite:
-        raise OutputDirError(f"{what}: {path} exists and is not empty; choose another folder or pass --overwrite "
-                             "to replace it.")
+    path = check_output_dir(path, overwrite=overwrite, what=what)
     clean_stale_partials(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = partial_path(path)

@@ -29,8 +29,6 @@ at the end, so a failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,17 +53,15 @@ def convert_release(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
+    from jigsawpp.outputs import check_output_dir, staged_output
+
+    check_output_dir(out_dir, overwrite=overwrite, what="--out")
     say("inspecting the zip")
     info = inspect_release(zip_path, deploy, limits=limits, allow_tower_mismatch=allow_tower_mismatch)
     if info.problems:
         raise ReleaseError(f"{Path(zip_path).name} cannot be converted: " + "; ".join(info.problems) + ". Run "
                            "`jigsawpp info` on it for what was found.")
-    created = _missing_parents(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir, overwrite=overwrite, what="--out") as staging:
         variants = {}
         for plan in info.variants:
             say(f"variant {plan.name}")
@@ -80,29 +76,5 @@ def convert_release(zip_path: str | os.PathLike[str], out_dir: str | os.PathLike
         from jigsawpp.io import write_json_atomic
 
         write_json_atomic(staging / "manifest.json", record)
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for path in created:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
     return record
 
-
-def _missing_parents(path: Path) -> list[Path]:
-    """The outermost parent folder of `path` that does not exist yet (removed again if the conversion fails)."""
-    missing = []
-    for parent in reversed(path.absolute().parents):
-        if not parent.exists():
-            missing.append(parent)
-    return missing[:1]
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, trash / "old")
-        os.replace(staging, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)

@@ -166,7 +166,8 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in weights.")
 @click.option("--no-release", is_flag=True, help="Skip the release-zip and detection parts (only the CaffeNet/OpenCV "
                                                   "check).")
-@click.option("--no-detection", is_flag=True, help="Skip the short Fast R-CNN fine-tuning step (most of the time).")
+@click.option("--no-detection", is_flag=True,
+              help="Skip the short fine-tuning steps (Fast R-CNN, VOC classification, FCN; most of the time).")
 @click.option("--keep-scratch", is_flag=True, help="Keep OUT/scratch (CaffeNet caffemodel and conversion, detector "
                                                     "weights, solver snapshots with momentum; about 2 GB).")
 @click.option("--device", default=None, help="torch device of the detection step (default: cuda if available).")

@@ -123,3 +123,29 @@ def test_a_protocol_adds_its_rows_through_the_registry(tmp_path, model, monkeypa
     path.write_text(json.dumps({"kind": "toy_probe", "top1": 33.0, "stamp": {}}))
     (row,) = verify(model, [path])[1]
     assert "does not record which model" in row.deviations[0]
+
+
+def test_classification_and_segmentation_stamps_name_their_model(tmp_path, model):
+    """The transferred-layer record every protocol puts in its stamp carries the model record, so verify refuses a
+    classification or segmentation result of another model as it does a detection result."""
+    import torch
+
+    from eval.transfer_layers import transfer_weights_from_model_dir
+    from jigsawpp.io import save_state_dict_file
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"paper": {"method": "Jigsaw++"}}))
+    shapes = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
+              "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}
+    state = {f"{k}.{b}": torch.zeros(s if b == "weight" else s[:1]) for k, s in shapes.items() for b in ("weight",
+                                                                                                         "bias")}
+    save_state_dict_file(state, other / "model.safetensors")
+    weights = transfer_weights_from_model_dir(other)
+    assert weights.stamp()["model"] == model_record(other)
+    for kind, key in (("voc07_classification", "map_sklearn"), ("fcn_segmentation", "mean_iu")):
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps({key: 0.5, "provenance": {"split": "test", "protocol": {
+            "protocol": kind, "init": weights.stamp()}}}))
+        with pytest.raises(VerifyError, match="computed from the model in 'other'"):
+            verify(model, [path])

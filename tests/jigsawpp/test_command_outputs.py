@@ -122,3 +122,23 @@ def test_the_demo_bar_is_labelled_with_the_running_step_and_counts_finished_ones
             seen.append((bar.n, bar.desc.removesuffix(": "), (bar.postfix or "").removeprefix(", ")))
     assert seen == [(0, "demo 1/3: zip", ""), (0, "demo 1/3: zip", "sub 1"), (0, "demo 1/3: zip", "sub 2"),
                     (1, "demo 2/3: convert", ""), (2, "demo 3/3: detect", ""), (2, "demo 3/3: detect", "fine-tuning")]
+
+
+def test_release_conversion_follows_the_umask_and_stale_partials_go(tmp_path, conv_caffemodel, umask_027):
+    """`convert RELEASE.zip` builds its folder through the same staging as every command: the user's umask (not
+    mkdtemp's 0700), partial folders of killed runs removed, a non-empty --out refused before the zip is read."""
+    from jigsawpp.fixtures import make_release_zip
+
+    release = make_release_zip(tmp_path / "release.zip", "conv", caffemodel=conv_caffemodel, n_labels=20, seed=3)["path"]
+    out = tmp_path / "converted"
+    stale = partial_path(out, _dead_pid())
+    stale.mkdir()
+    result = CliRunner().invoke(main, ["convert", str(release), "--out", str(out), "--no-onnx"])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    folders = [out, *(p for p in out.rglob("*") if p.is_dir())]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.stat().st_mode & 0o777 for p in folders} == {0o750}
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640}
+    again = CliRunner().invoke(main, ["convert", str(release), "--out", str(out), "--no-onnx"])
+    assert again.exit_code == 1 and "--overwrite" in again.output

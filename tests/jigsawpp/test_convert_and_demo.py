@@ -98,19 +98,22 @@ def test_every_command_has_help():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    from jigsawpp.demo import SCRATCH, DetectionSettings, demo_steps, run_demo
+    from jigsawpp.demo import SCRATCH, DetectionSettings, FinetuneSettings, demo_steps, run_demo
     from jigsawpp.safezip import SafeZip
 
     messages: list[str] = []
     out = tmp_path / "demo"
     # every step, the detection one with the demo's own scaled-down Fast R-CNN for 2 iterations on one photo
-    report = run_demo(out, progress=messages.append, detection_settings=DetectionSettings(iterations=2,
-                                                                                            all_photos=False))
+    report = run_demo(out, progress=messages.append,
+                      detection_settings=DetectionSettings(iterations=2, all_photos=False),
+                      finetune_settings=FinetuneSettings(classification_iterations=2, segmentation_iterations=2,
+                                                         segmentation_side=64, all_photos=False))
     names = [step.name for step in report.steps]
     assert names == demo_steps() == [
         "build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
         "transfer model on a real photo", "write seeded caffemodel", "convert (caffe_import)",
-        "load + run on a real photo", "parity vs OpenCV 4.x", "detection fine-tune (packaged VOC photos)"]
+        "load + run on a real photo", "parity vs OpenCV 4.x", "detection fine-tune (packaged VOC photos)",
+        "classification fine-tune (packaged VOC photos)", "FCN segmentation fine-tune (packaged VOC masks)"]
     assert [m for m in messages if not m.startswith("  ")] == names  # each label announced as its step starts
     assert report.results["onnx_rel_err_transfer_conv1s4"] < 1e-4
     assert report.results["onnx_rel_err_pretext_conv1s2"] < 1e-4
@@ -136,6 +139,16 @@ def test_demo_runs_end_to_end(tmp_path):
     scores = json.loads((out / "detection_after" / "scores.json").read_text())
     assert scores["provenance"]["fast_rcnn"]["iterations"] == 2
     assert report.results["detection_map_after"] == scores["map_11point"]
+
+    # classification and segmentation: scores before and after, read back from the files the demo keeps
+    for run in ("before", "after"):
+        cls = json.loads((out / f"classification_{run}" / "scores.json").read_text())
+        assert report.results[f"classification_map_{run}"] == cls["map_sklearn"]
+        seg = json.loads((out / f"segmentation_{run}" / "scores.json").read_text())
+        assert report.results[f"segmentation_miu_{run}"] == seg["mean_iu"]
+        assert (out / f"segmentation_{run}" / "iu.png").is_file()
+        assert (out / f"classification_{run}" / "pr_curves.png").is_file()
+    assert len(list((out / "segmentation_after" / "overlays").iterdir())) == 1
 
     # what is left: no scratch, no weights or snapshots, under 500 MB, sizes in MB
     assert not (out / SCRATCH).exists() and report.scratch is None and report.scratch_mb > 500
