@@ -107,7 +107,7 @@ def _own_cells(job: Job, scores: dict[str, Any] | None, paper: dict[str, dict[st
                error: str | None) -> tuple[Cell, ...]:
     """The job's declared cells when verify gave none: the headline number of its scores.json (percent), the
     paper's number, and verify's error as the deviation."""
-    value = (scores or {}).get(job.headline)
+    value = (scores or {}).get(job.headline) if job.headline is not None else None
     measured = None if value is None else 100.0 * value
     deviations = (f"not verified: {error}",) if error else ()
     return tuple(Cell(job.table, c, measured, (paper.get(job.table) or {}).get(c), "", deviations, "")

@@ -95,7 +95,9 @@ class Job:
         estimate: ``(settings, datasets) -> Estimate``.
         batch_split: ``settings -> n``: the protocol splits its batch of n over processes, so a job may run on any
             number of GPUs dividing n (1: a single process).
-        headline: the ``scores.json`` key of the number the paper reports (a fraction in [0, 1]).
+        headline: the ``scores.json`` key of the number the paper reports, a fraction in [0, 1] (None for a job
+            whose several numbers only `eval.verify` reads, e.g. one top-1 per layer); shown when verify cannot
+            read the result.
         per_class: (``per_class`` field in scores.json, column title, ``"percent"`` for a fraction shown x 100 or
             ``"count"``) for the report's per-class table.
         figures: glob patterns, relative to the job folder, of the figures the report shows (at most
@@ -112,7 +114,7 @@ class Job:
     run: Callable[[JobContext], None]
     estimate: Callable[[Mapping[str, Any], Datasets], Estimate]
     batch_split: Callable[[Mapping[str, Any]], int]
-    headline: str
+    headline: str | None
     per_class: tuple[tuple[str, str, str], ...] = ()
     figures: tuple[str, ...] = ()
     max_images: int = 4

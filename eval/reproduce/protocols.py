@@ -3,13 +3,23 @@ Table 3. Each entry drives a protocol's library function (`eval.detection.pipeli
 `eval.classification.pipeline.run_classification`, `eval.segmentation.pipeline.run_segmentation`) with its paper
 preset; nothing here changes a protocol's defaults except the ``tiny`` scale, whose cuts are listed in `TINY`.
 
-Registration point for further protocols: one `register_job(Job(...))` call with a name, a group, the datasets it
-needs (`jobs.DATASET_OPTIONS`), its paper table and columns, a ``build`` returning ``{"protocol", "config"}``, a
-``run`` calling the protocol's resumable library function with ``ctx.out_dir``, an ``estimate`` (published speeds,
-`eval.reproduce.estimates`), the batch its protocol splits over processes, its headline ``scores.json`` key, per-class
-fields and figures. The linear probes (Tables 4 and 5: ``run_linear`` on ImageNet / Places205, one job per dataset,
-all five layers in one run) and the nonlinear classifier (Table 6: ``run_nonlinear``, one job per frozen layer)
-register here the same way once `eval.probes` is part of the package.
+Registration point for further protocols: one `register_job(Job(...))` call (and a `TINY` entry). The linear probes
+(Tables 4 and 5) and the nonlinear classifier (Table 6) register here once `eval.probes` is part of the package, e.g.::
+
+    register_job(Job(
+        name="linear_imagenet", group="linear", title="Linear classifiers on frozen conv1..conv5 (ImageNet val)",
+        needs=("imagenet",), table="table4", columns=("conv1", "conv2", "conv3", "conv4", "conv5"),
+        build=...,  # {"protocol": "linear", "config": LinearProbeConfig with the cuts and overrides, .to_dict()}
+        run=...,    # run_linear(ctx.model_dir, ctx.datasets.imagenet, ctx.out_dir, cfg, dataset="imagenet",
+                    #            cache_dir=ctx.cache_dir / "features", device=ctx.device, progress=ctx.progress)
+        estimate=..., batch_split=lambda s: s["config"]["batch_size"], headline=None,  # verify reads each layer
+        figures=("layer_accuracy.png", "learning_curve.png")))
+
+with ``linear_places`` (``needs=("places",)``, Table 5, ``dataset="places205"``) and one ``nonlinear_<layer>`` job
+per frozen layer of Table 6 (``run_nonlinear`` with ``NonlinearConfig(freeze_upto=<layer>)``, column ``<layer>``);
+their estimates from `eval.reproduce.estimates`' Caffe figures (a frozen trunk's forward 1 ms per image, learning
+4 ms). The report needs nothing more: its cells come from `eval.verify`, its bars per column are drawn for every
+table a job fills.
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ def _per_class_table(j: JobResult) -> Table | None:
         cells = []
         for key, _, kind in j.job.per_class:
             v = values.get(key) if isinstance(values, dict) else None
-            cells.append(_num(None if v is None else (100.0 * v if kind == "percent" else v),
-                              ".1f" if kind == "percent" else "d"))
+            cells.append(_num(None if v is None else 100.0 * v, ".1f") if kind == "percent" else
+                         _num(None if v is None else int(v), "d"))
         rows.append((name, *cells))
     return Table(("class", *(title for _, title, _ in j.job.per_class)), tuple(rows), caption=f"{j.name}: per class")
 
@@ -256,7 +256,7 @@ def report_data(summary: RunSummary) -> dict[str, Any]:
         jobs[j.name] = {"title": j.title, "state": j.state, "complete": j.complete,
                         "seconds": status.get("seconds"), "attempts": status.get("attempts"),
                         "interrupted": status.get("interrupted"), "error": status.get("error"),
-                        "headline": {"key": headline, "value": (j.scores or {}).get(headline)},
+                        "headline": {"key": headline, "value": (j.scores or {}).get(headline) if headline else None},
                         "per_class": (j.scores or {}).get("per_class"), "iterations": (j.stamp or {}).get("iterations"),
                         "protocol": (j.stamp or {}).get("key"), "last_training_record": j.last_log,
                         "environment": _environment(j.stamp)}

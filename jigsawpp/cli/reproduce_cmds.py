@@ -110,6 +110,8 @@ def reproduce(model_dir, voc07, voc12, sbd, imagenet, places, ss_mat, out_dir, o
     if gpu_ids:
         import torch
 
+        if device is not None:
+            raise click.UsageError("--device applies without --gpus only (with --gpus each job gets its GPUs).")
         if not torch.cuda.is_available():
             raise click.UsageError("--gpus: torch sees no CUDA device here; run without --gpus to use the CPU.")
     _run(plan, out_dir, gpu_ids=gpu_ids, device=device, overwrite=overwrite, quiet=quiet)
@@ -124,20 +126,25 @@ def _run(plan, out_dir: Path, *, gpu_ids: list[str], device: str | None, overwri
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / PLAN_FILE).is_file() and not overwrite:
         raise click.ClickException(f"{out_dir} is not empty and holds no reproduce run ({PLAN_FILE}); choose another "
                                    "--out or pass --overwrite to empty it.")
+    run_device = None
+    if not gpu_ids:
+        from jigsawpp.engine.distributed import resolve_device
+
+        try:
+            run_device = resolve_device(device)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--device") from None
     try:
         prepare_output_dir(out_dir, overwrite=overwrite, resume=True, what="reproduce output")
         with run_lock(out_dir):
             write_plan(out_dir, plan)
             record = read_plan_record(out_dir)
             names = [p.name for p in plan.jobs]
-            say = click.echo
             if gpu_ids:
-                outcomes = run_scheduled(out_dir, record, names, gpus=gpu_ids, on_event=say)
+                outcomes = run_scheduled(out_dir, record, names, gpus=gpu_ids, on_event=click.echo)
             else:
-                from jigsawpp.engine.distributed import resolve_device
-
-                outcomes = run_in_process(out_dir, record, names, device=resolve_device(device),
-                                          progress=not quiet, on_event=say)
+                outcomes = run_in_process(out_dir, record, names, device=run_device, progress=not quiet,
+                                          on_event=click.echo)
             files = write_report(out_dir)
     except (OutputDirError, RunLockedError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(_message(exc)) from None

@@ -137,6 +137,7 @@ CASES = [
     ("reproduce-out-read-only", [*REPRODUCE, "--out", "{ro}/run"], "permission denied"),
     ("reproduce-unknown-setting", [*REPRODUCE, "--set", "cls.max_iter=5", "--out", "{tmp}/run"], "max_iter"),
     ("reproduce-unknown-job", [*REPRODUCE, "--only", "detection", "--out", "{tmp}/run"], "unknown job"),
+    ("reproduce-bad-device", [*REPRODUCE, "--device", "gpu0", "--out", "{tmp}/run"], "is not a torch device"),
     ("reproduce-nothing-to-run", ["reproduce", "--model", "{ws}/converted", "--out", "{tmp}/run"], "nothing to run"),
     ("reproduce-model-not-converted", ["reproduce", "--model", "{ws}/taken", "--voc", "{ws}/voc", "--out",
                                        "{tmp}/run"], "manifest.json does not exist"),
