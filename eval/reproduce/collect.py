@@ -46,7 +46,7 @@ class JobResult:
     name: str
     job: Job | None  # None: a job this version does not register (the run was made by another version)
     folder: Path
-    state: str  # done, failed, running, interrupted, not started
+    state: str  # done, failed, running, interrupted (its process is gone), not started
     complete: bool
     status: dict[str, Any] | None
     settings: dict[str, Any]
@@ -128,6 +128,18 @@ def _log(folder: Path) -> Path | None:
     return log if log.is_file() and log.stat().st_size else None
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _last_record(log: Path | None) -> dict[str, Any] | None:
     if log is None:
         return None
@@ -153,6 +165,8 @@ def _collect_job(run_dir: Path, record: dict[str, Any], name: str, method: str |
     if not cells and job is not None:  # no result yet, or one verify cannot read
         cells = _own_cells(job, scores, paper, error)
     state = (status or {}).get("state", "not started")
+    if state == "running" and not _alive((status or {}).get("pid")):
+        state = "interrupted"  # its process was killed; the next `jigsawpp reproduce` resumes it
     log = _log(folder)
     return JobResult(name=name, job=job, folder=folder, state=state, complete=complete, status=status,
                      settings=record["jobs"][name]["settings"], scores=scores,

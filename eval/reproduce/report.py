@@ -103,8 +103,8 @@ def _paper_section(doc: Document, summary: RunSummary, figures: Path) -> None:
 
     doc.add(Heading(2, "The paper's numbers beside the measured ones"))
     if summary.method is None:
-        doc.add(Text("The model's manifest names no paper row (pass --method to jigsawpp reproduce or report); "
-                     "measured numbers are shown without the paper's.", "note"))
+        doc.add(Text("The model's manifest names no paper row (pass --method to jigsawpp reproduce); measured "
+                     "numbers are shown without the paper's.", "note"))
     for table in _tables(summary):
         columns = _table_columns(summary, table)
         cells = summary.cells(table)

@@ -93,6 +93,9 @@ def killed_run(reproduce_inputs, runs_dir) -> Path:
         proc.wait()
     status = json.loads((run / "status" / "seg.json").read_text())
     assert status["state"] == "running" and not (run / "seg" / "scores.json").exists()  # killed mid-way
+    from eval.reproduce.collect import collect_run
+
+    assert [(j.name, j.state) for j in collect_run(run).jobs] == [("seg", "interrupted")]  # its process is gone
     res = CliRunner().invoke(main, reproduce_inputs.args(run, "--only", "seg"))
     assert res.exit_code == 0, res.output
     return run
