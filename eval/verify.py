@@ -101,5 +101,11 @@ def verify(model_dir: str | os.PathLike[str], results: Sequence[str | os.PathLik
         if not scores.is_file():
             raise FileNotFoundError(f"{scores} does not exist; pass the --out folder of `jigsawpp eval detection` "
                                     "or a scores.json written by `jigsawpp eval score-detections`.")
+        data = json.loads(scores.read_text(encoding="utf-8"))
+        if data.get("kind") in ("linear_probe", "nonlinear_classifier"):  # Tables 4-6
+            from eval.probes.verify_rows import probe_rows
+
+            rows += probe_rows(scores, data, method)
+            continue
         rows.append(_detection_row(scores, table3))
     return method, rows
