@@ -24,9 +24,9 @@ from eval.probes.cache import CacheSplit
 __all__ = ["CachedFeatureSource", "EpochPlan", "FeatureBatch", "ImageBatch", "ImageBatchSource", "sample_seed"]
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one sample's random choices in one epoch."""
-    return np.random.default_rng([seed, epoch, index])
+def sample_seed(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one sample's random choices in one epoch (`stream` separates unrelated choices)."""
+    return np.random.default_rng([seed, epoch, index, stream])
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class CachedFeatureSource:
 
     def next_batch(self) -> FeatureBatch:
         rows = self.plan.rows(self.epoch, self.step)
-        views = np.array([sample_seed(self.plan.seed, self.epoch, int(i)).integers(self.cache.views) for i in rows])
+        views = np.array([sample_seed(self.plan.seed, self.epoch, int(i), 1).integers(self.cache.views) for i in rows])
         order = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore the batch order
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
@@ -144,8 +144,9 @@ class _PlanSampler(Sampler[list[tuple[int, int]]]):
 class ImageBatchSource:
     """Batches of augmented images through a DataLoader with `workers` processes.
 
-    `dataset[(epoch, index)]` must return ``(image (3, H, W) float tensor, label)`` using `sample_seed(seed, epoch,
-    index)` for its random crop and mirror. The state is the number of batches handed out, not prefetched.
+    `dataset[(epoch, index)]` must return ``(image (3, H, W) float tensor, label)`` with its random crop and mirror
+    seeded by (seed, epoch, index) (`eval.probes.data.EpochKeyed`). The state counts the batches handed out, not
+    the ones prefetched.
     """
 
     def __init__(self, dataset: Dataset, plan: EpochPlan, *, workers: int = 4, pin_memory: bool = False) -> None:
