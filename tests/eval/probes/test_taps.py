@@ -97,3 +97,14 @@ def test_forward_shapes_and_frozen_trunk(trunk):
     assert {t: tuple(v.shape[1:]) for t, v in out.items()} == taps.shapes
     assert not any(v.requires_grad for v in out.values())
     torch.testing.assert_close(out["pool5"], blobs["pool5"])  # native 6x6: no resampling at all
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_separable_resize_equals_interpolate(align):
+    """The matrix form is F.interpolate's bilinear (no antialias), for both sampling grids, up and down."""
+    from eval.probes.taps import bilinear_resize
+
+    x = torch.rand(2, 3, 13, 13, dtype=torch.float64)
+    for size in (5, 6, 10, 20):
+        ref = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=align)
+        torch.testing.assert_close(bilinear_resize(x, size, align_corners=align), ref, rtol=1e-12, atol=1e-12)
