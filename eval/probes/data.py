@@ -14,11 +14,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from jigsawpp.data import ImageDataset, LabeledImage, Samples, caffe_transform, ten_crops
 
-__all__ = ["DATASETS", "EpochKeyed", "TrainViews", "dataset_splits", "samples_fingerprint", "test_dataset",
+__all__ = ["DATASETS", "TestViews", "TrainViews", "dataset_splits", "samples_fingerprint", "test_dataset",
            "train_dataset"]
 
 DatasetName = Literal["imagenet", "places205", "folder"]
@@ -98,20 +97,3 @@ def test_dataset(samples: Samples, *, mean_bgr, image_size: int, crop_size: int,
                  crops: Literal["center", "ten"]) -> ImageDataset:
     return ImageDataset(samples.samples, TestViews(mean_bgr=mean_bgr, image_size=image_size, crop_size=crop_size,
                                                     crops=crops))
-
-
-class EpochKeyed(Dataset):
-    """``dataset[(epoch, i)] -> (image, label)``: the epoch travels with the index, so worker processes draw the
-    same augmentation as an uninterrupted run (what `eval.probes.sources.ImageBatchSource` asks for)."""
-
-    def __init__(self, base: ImageDataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        epoch, index = key
-        self.base.set_epoch(epoch)
-        image, label, _ = self.base[index]
-        return image, label

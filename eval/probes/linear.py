@@ -69,13 +69,9 @@ def _batch_accuracy(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> di
     return {f"acc_{tap}": (z.detach().argmax(1) == labels).float().mean() * 100 for tap, z in logits.items()}
 
 
-def _loss_images(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+def _loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    """Images (N, 3, 227, 227) or flat cached rows (N, D) in `batch.images` -> summed head losses + accuracies."""
     logits = model(batch.images)
-    return {**probe_loss(logits, batch.labels), **_batch_accuracy(logits, batch.labels)}
-
-
-def _loss_features(model: nn.Module, batch) -> dict[str, torch.Tensor]:
-    logits = model(batch.features)
     return {**probe_loss(logits, batch.labels), **_batch_accuracy(logits, batch.labels)}
 
 
@@ -94,9 +90,9 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
     from eval.probes import data as pdata
     from eval.probes.cached import prepare_cache
     from eval.probes.evaluate import evaluate_cached, evaluate_images
-    from eval.probes.sources import CachedFeatureSource, EpochPlan, ImageBatchSource
+    from eval.probes.sources import CachedFeatures, SplitFeatures
     from jigsawpp.engine.distributed import barrier, world
-    from jigsawpp.engine.loop import train_loop
+    from jigsawpp.engine.loop import DatasetSource, train_loop
     from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
     from jigsawpp.outputs import prepare_output_dir
 
@@ -115,7 +111,9 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
     if rank == 0:
         prepare_output_dir(out, overwrite=overwrite, what="linear probe output", resume=resume)
     barrier()
-    plan = EpochPlan(len(train.samples), cfg.batch_size, cfg.seed, rank, world_size)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes; choose a "
+                         "multiple of the number of GPUs (--set batch_size=...).")
     fingerprint = pdata.samples_fingerprint(train.samples, data_root) + ":" + trunk.weights_sha256
     mean = trunk.mean_bgr
     model = LinearProbeModel(taps, heads)
@@ -124,22 +122,23 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
         caches, extraction = prepare_cache(cache_dir, taps, train, val, cfg, trunk=trunk, data_root=data_root,
                                            device=device, workers=workers, rank=rank, world=world_size,
                                            progress=progress)
-        source = CachedFeatureSource(caches["train"], plan, cfg.taps)
-        train_module, loss_fn = heads, _loss_features
+        rows = CachedFeatures(caches["train"], cfg.taps, seed=cfg.seed)
+        dataset, train_module = rows, SplitFeatures(heads, rows.layout)
     else:
-        images = pdata.EpochKeyed(pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size,
-                                                      crop_size=cfg.crop_size, mirror=cfg.mirror, seed=cfg.seed))
-        source = ImageBatchSource(images, plan, workers=workers, pin_memory=device.type == "cuda")
-        train_module, loss_fn = model, _loss_images
+        dataset = pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size, crop_size=cfg.crop_size,
+                                      mirror=cfg.mirror, seed=cfg.seed)
+        train_module = model
+    source = DatasetSource(dataset, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
+                           pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(heads), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     lr = LRPolicy(cfg.lr_policy, cfg.base_lr, gamma=cfg.gamma, stepsize=cfg.stepsize, stepvalues=cfg.stepvalues,
                   max_iter=cfg.max_iter)
     protocol = {k: v for k, v in cfg.to_dict().items() if k not in ("snapshot_iters", "display")}
     protocol.update(dataset=dataset, cached=cache_dir is not None)
-    result = train_loop(model=train_module, optimizer=optimizer, lr=lr, source=source, loss_fn=loss_fn, out_dir=out,
+    result = train_loop(model=train_module, optimizer=optimizer, lr=lr, source=source, loss_fn=_loss, out_dir=out,
                         max_iters=cfg.max_iter, snapshot_iters=cfg.snapshot_iters, config=protocol,
                         fingerprint=fingerprint, device=device, amp=cfg.amp, resume=resume, progress=progress,
-                        desc="linear probes", display=cfg.display, stop_after=stop_after)
+                        desc="linear probes", display=cfg.display, stop_after=stop_after, seed=cfg.seed)
     if result.iterations < cfg.max_iter:  # stopped early on request: checkpoint written, no test
         return LinearResult(out, {}, result.iterations, model.trunk_images, extraction, None,
                             time.perf_counter() - start)

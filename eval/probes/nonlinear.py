@@ -53,10 +53,9 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     from eval.probes import data as pdata
     from eval.probes.evaluate import evaluate_images
     from eval.probes.nonlinear_model import build_nonlinear_net
-    from eval.probes.sources import EpochPlan, ImageBatchSource
     from eval.probes.trunk import load_trunk
     from jigsawpp.engine.distributed import barrier, world
-    from jigsawpp.engine.loop import train_loop
+    from jigsawpp.engine.loop import DatasetSource, train_loop
     from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
     from jigsawpp.outputs import prepare_output_dir
 
@@ -72,10 +71,13 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     if rank == 0:
         prepare_output_dir(out, overwrite=overwrite, what="nonlinear classifier output", resume=resume)
     barrier()
-    plan = EpochPlan(len(train.samples), cfg.batch_size, cfg.seed, rank, world_size)
-    images = pdata.EpochKeyed(pdata.train_dataset(train, mean_bgr=trunk.mean_bgr, image_size=cfg.image_size,
-                                                  crop_size=cfg.crop_size, mirror=cfg.mirror, seed=cfg.seed))
-    source = ImageBatchSource(images, plan, workers=workers, pin_memory=device.type == "cuda")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes; choose a "
+                         "multiple of the number of GPUs (--set batch_size=...).")
+    images = pdata.train_dataset(train, mean_bgr=trunk.mean_bgr, image_size=cfg.image_size, crop_size=cfg.crop_size,
+                                 mirror=cfg.mirror, seed=cfg.seed)
+    source = DatasetSource(images, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
+                           pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(net.net, frozen=cfg.frozen_layers), momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)
     lr = LRPolicy(cfg.lr_policy, cfg.base_lr, gamma=cfg.gamma, stepsize=cfg.stepsize, stepvalues=cfg.stepvalues,
@@ -86,7 +88,8 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     result = train_loop(model=net, optimizer=optimizer, lr=lr, source=source, loss_fn=_loss, out_dir=out,
                         max_iters=cfg.max_iter, snapshot_iters=cfg.snapshot_iters, config=protocol,
                         fingerprint=fingerprint, device=device, amp=cfg.amp, resume=resume, progress=progress,
-                        desc=f"nonlinear ({cfg.freeze_upto} frozen)", display=cfg.display, stop_after=stop_after)
+                        desc=f"nonlinear ({cfg.freeze_upto} frozen)", display=cfg.display, stop_after=stop_after,
+                        seed=cfg.seed)
     if result.iterations < cfg.max_iter:
         return NonlinearResult(out, None, None, result.iterations, None, time.perf_counter() - start)
     net.eval()
