@@ -190,6 +190,45 @@ def vgg16_forward(ctx: Context) -> tuple[str, dict]:
     return _forward_rates(ctx, "vgg16/deploy.prototxt", batch=1 if ctx.tiny else 64, size=224)
 
 
+_SHARED_NET = """
+layer { name: "data" type: "Input" top: "data" top: "data2"
+        input_param { shape { dim: 64 dim: 600 } shape { dim: 64 dim: 800 } } }
+layer { name: "ip_a" type: "InnerProduct" bottom: "data" top: "out_a" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 400 } }
+layer { name: "ip_c" type: "InnerProduct" bottom: "data" top: "out_c" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 400 } }
+layer { name: "ip_b" type: "InnerProduct" bottom: "data2" top: "out_b" param { name: "w" share_mode: PERMISSIVE }
+        inner_product_param { num_output: 300 bias_term: false } }
+"""
+
+
+@step("shared-params-cuda")
+def shared_params_cuda(ctx: Context) -> tuple[str, dict]:
+    """Caffe parameter sharing (a STRICT and a PERMISSIVE sharer) survives .to(device) and trains as one tensor."""
+    _needs_caffe_import()
+    import torch
+
+    import caffe_import
+
+    net = caffe_import.load(caffe_import.read_prototxt_string(_SHARED_NET), seed=0)
+    feeds = {"data": torch.randn(64, 600), "data2": torch.randn(64, 800)}
+    with torch.no_grad():
+        reference = net(**feeds)
+    net.to(ctx.device)
+    tied = net.ip_c.weight is net.ip_a.weight and net.ip_b.parametrizations.weight.original is net.ip_a.weight
+    if not tied:
+        raise AssertionError(f"shared parameters were untied by .to({ctx.device})")
+    out = net(**{k: v.to(ctx.device) for k, v in feeds.items()})
+    err = max(float((out[k].detach().cpu() - v).abs().max()) for k, v in reference.items())
+    sum(o.sum() for o in out.values()).backward()
+    grad = net.ip_a.weight.grad
+    if grad is None or not torch.isfinite(grad).all():
+        raise AssertionError("no finite gradient reached the shared weight")
+    if not err < 1e-3:
+        raise AssertionError(f"shared-parameter net differs from the CPU by {err:.1e}")
+    return f"STRICT + PERMISSIVE sharers stay tied on {ctx.device.type}; max |device - cpu| {err:.1e}", {"err": err}
+
+
 def _detection_setup(ctx: Context, protocol_name: str):
     _needs_caffe_import()
     from benchmarks.fast_rcnn_speed import _photo, _roidb
