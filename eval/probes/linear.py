@@ -123,12 +123,12 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
                                            device=device, workers=workers, rank=rank, world=world_size,
                                            progress=progress)
         rows = CachedFeatures(caches["train"], cfg.taps, seed=cfg.seed)
-        dataset, train_module = rows, SplitFeatures(heads, rows.layout)
+        items, train_module = rows, SplitFeatures(heads, rows.layout)
     else:
-        dataset = pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size, crop_size=cfg.crop_size,
-                                      mirror=cfg.mirror, seed=cfg.seed)
+        items = pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size, crop_size=cfg.crop_size,
+                                    mirror=cfg.mirror, seed=cfg.seed)
         train_module = model
-    source = DatasetSource(dataset, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
+    source = DatasetSource(items, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
                            pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(heads), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     lr = LRPolicy(cfg.lr_policy, cfg.base_lr, gamma=cfg.gamma, stepsize=cfg.stepsize, stepvalues=cfg.stepvalues,
