@@ -55,8 +55,9 @@ def _autocast(device, amp: str):
     return autocast_context(device, amp)
 
 
-def extraction_rate(device, *, batch: int = 256, amp: str = "off", reps: int = 10, size: int = 227) -> dict:
-    """{"taps_images_per_s", "torchvision_images_per_s", "ratio"} for one batch of random images."""
+def extraction_rate(device, *, batch: int = 256, amps: tuple[str, ...] = ("off",), reps: int = 10,
+                    size: int = 227) -> dict:
+    """{amp: {"taps_images_per_s", "torchvision_images_per_s", "ratio"}} for one batch of random images."""
     import torch
     import torchvision
 
@@ -68,20 +69,18 @@ def extraction_rate(device, *, batch: int = 256, amp: str = "off", reps: int = 1
     taps = ProbeTaps(trunk, input_size=size).to(device)
     plain = torchvision.models.alexnet().eval().to(device)
     x = torch.randn(batch, 3, size, size, device=device) * 50
+    out = {}
+    for amp in amps:
+        def run(module, amp=amp):
+            with torch.no_grad(), _autocast(device, amp):
+                return module(x)
 
-    def run_taps():
-        with torch.no_grad(), _autocast(device, amp):
-            return taps(x)
-
-    def run_plain():
-        with torch.no_grad(), _autocast(device, amp):
-            return plain(x)
-
-    warmup = 1 if reps <= 2 else 3
-    t_taps = _median_seconds(device, run_taps, warmup=warmup, reps=reps)
-    t_plain = _median_seconds(device, run_plain, warmup=warmup, reps=reps)
-    return {"batch": batch, "amp": amp, "taps_images_per_s": batch / t_taps,
-            "torchvision_images_per_s": batch / t_plain, "ratio": t_plain / t_taps}
+        warmup = 1 if reps <= 2 else 3
+        t_taps = _median_seconds(device, lambda: run(taps), warmup=warmup, reps=reps)
+        t_plain = _median_seconds(device, lambda: run(plain), warmup=warmup, reps=reps)
+        out[amp] = {"batch": batch, "taps_images_per_s": batch / t_taps, "torchvision_images_per_s": batch / t_plain,
+                    "ratio": t_plain / t_taps}
+    return out
 
 
 def head_training_rate(device, *, batch: int = 64, amp: str = "off", iters: int = 20, classes: int = 1000) -> dict:
@@ -163,6 +162,84 @@ def gpu_decode_rate(device, *, images: int = 256) -> dict:
     return {"images": images, "images_per_s": images / seconds}
 
 
+def photo_folder(root: Path, *, per_class: int = 8, size: int = 256) -> Path:
+    """A two-class ImageFolder (train/ and val/) cut from matplotlib's sample photo: class "upright" crops and
+    class "flipped" (the same crops upside down), `size` x `size` JPEGs. A real photo, learnable, no download."""
+    import cv2
+    import numpy as np
+
+    from jigsawpp.images import demo_photo_path
+
+    photo = cv2.imread(str(demo_photo_path()))
+    rng = np.random.default_rng(0)
+    h, w = photo.shape[:2]
+    side = min(h, w) * 3 // 4
+    for split, count in (("train", per_class), ("val", max(2, per_class // 2))):
+        for name in ("upright", "flipped"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            crop = cv2.resize(photo[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(root / split / "upright" / f"{i:03d}.jpg"), crop)
+            cv2.imwrite(str(root / split / "flipped" / f"{i:03d}.jpg"), crop[::-1])
+    return root
+
+
+def probe_model(root: Path, *, seed: int = 0) -> Path:
+    """The bundled CaffeNet conv layers with seeded weights, converted as `jigsawpp convert --prototxt` does."""
+    import warnings
+
+    import prototxt
+    from jigsawpp.convert import convert_caffe
+    from jigsawpp.fixtures import seeded_caffemodel
+
+    definition = prototxt.path("alexnet/conv_conv1s4.prototxt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seeded_caffemodel(definition, root / "w.caffemodel", seed=seed)
+        return convert_caffe(definition, root / "w.caffemodel", root / "model").out_dir
+
+
+def time_linear_run(device, root: Path, *, amp: str = "off", iters: int = 50, batch: int = 64,
+                    image_size: int = 256, crop: int = 227, per_class: int = 64, workers: int = 4) -> dict:
+    """`run_linear` end to end with a feature cache on `device`: extraction images/s, training s/iteration, and
+    the top-1 per tap on the photo folder (two classes, so chance is 50%)."""
+    from eval.probes.config import LinearProbeConfig
+    from eval.probes.linear import run_linear
+
+    data = photo_folder(root / "data", per_class=per_class, size=image_size)
+    model = probe_model(root)
+    cfg = LinearProbeConfig(image_size=image_size, crop_size=crop, batch_size=batch, max_iter=iters, amp=amp,
+                            lr_policy="fixed", stepvalues=(), base_lr=0.001, snapshot_iters=iters, display=iters)
+    result = run_linear(model, data, root / "out", cfg, dataset="folder", cache_dir=root / "cache", device=device,
+                        workers=workers, progress=False)
+    extracted = sum(r["images_extracted"] for r in result.extraction.values())
+    extract_s = sum(r["seconds"] for r in result.extraction.values())
+    log = [json.loads(line) for line in (root / "out" / "train_log.jsonl").read_text().splitlines()]
+    return {"amp": amp, "extraction_images_per_s": extracted / extract_s, "images": extracted,
+            "train_seconds_per_iter": log[-1]["seconds_per_iter"], "batch": batch, "iterations": result.iterations,
+            "top1": {t: a.top1 for t, a in result.accuracy.items()}}
+
+
+def time_nonlinear(device, root: Path, *, amp: str = "off", iters: int = 10, batch: int = 64, image_size: int = 256,
+                   crop: int = 227, fc_units: int = 4096, per_class: int = 64, workers: int = 4) -> dict:
+    """`run_nonlinear` (conv3 frozen) for a few iterations on `device`: training s/iteration and images/s."""
+    from eval.probes.config import NonlinearConfig
+    from eval.probes.nonlinear import run_nonlinear
+
+    data = root / "data" if (root / "data").is_dir() else photo_folder(root / "data", per_class=per_class,
+                                                                        size=image_size)
+    model = root / "model" if (root / "model").is_dir() else probe_model(root)
+    cfg = NonlinearConfig(freeze_upto="conv3", image_size=image_size, crop_size=crop, fc_units=fc_units,
+                          batch_size=batch, max_iter=iters, amp=amp, snapshot_iters=iters, display=iters)
+    out = root / f"nonlinear_{amp}"
+    result = run_nonlinear(model, data, out, cfg, dataset="folder", device=device, workers=workers, progress=False)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    seconds = log[-1]["seconds_per_iter"]
+    return {"amp": amp, "train_seconds_per_iter": seconds, "images_per_s": batch / seconds,
+            "last_loss": log[-1]["loss"], "top1_10crop": result.accuracy.top1 if result.accuracy else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -180,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (10 if cuda else 3)
     report = {"device": torch.cuda.get_device_name(device) if cuda else "cpu",
               "torch_threads": torch.get_num_threads()}
-    report["extraction"] = extraction_rate(device, batch=batch, amp=args.amp, reps=reps)
+    report["extraction"] = extraction_rate(device, batch=batch, amps=(args.amp,), reps=reps)[args.amp]
     report["head_training"] = head_training_rate(device, amp=args.amp, iters=reps * 2)
     report["decoding"] = decode_rate(workers=args.workers, images=128 if not cuda else 512)
     if cuda:

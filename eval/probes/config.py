@@ -175,6 +175,7 @@ class NonlinearConfig(_Strict):
     conv_std: float = 0.01
     fc_std: float = 0.005
     fc8_std: float = 0.01
+    fc_units: int = 4096  # num_output of fresh fc6/fc7 [caffe]; a frozen fc6/fc7 keeps the model's width
     dropout: float = 0.5  # drop6/drop7 [caffe]
     # ---- solver [cfn-rec] -----------------------------------------------------------------------------------------
     batch_size: int = 256  # TRAIN batch_size [cfn-rec] (per iteration, over all GPUs)
@@ -197,8 +198,9 @@ class NonlinearConfig(_Strict):
         problems = []
         if self.crop_size > self.image_size:
             problems.append(f"crop_size {self.crop_size} > image_size {self.image_size}")
-        if min(self.batch_size, self.test_batch_size, self.max_iter, self.snapshot_iters, self.display) < 1:
-            problems.append("batch sizes, max_iter, snapshot_iters and display must be >= 1")
+        if min(self.batch_size, self.test_batch_size, self.max_iter, self.snapshot_iters, self.display,
+               self.fc_units) < 1:
+            problems.append("batch sizes, max_iter, snapshot_iters, display and fc_units must be >= 1")
         if self.lr_policy == "step" and self.stepsize < 1:
             problems.append("lr_policy 'step' needs stepsize >= 1")
         if problems:

@@ -60,7 +60,8 @@ def build_nonlinear_net(trunk: CaffeAlexNet, config: NonlinearConfig, *, num_cla
     if lacking:
         raise ValueError(f"freezing up to {config.freeze_upto} needs the model's {', '.join(lacking)}, which it does "
                          "not have (a conv-only model supports conv1..conv5).")
-    arch = replace(trunk.config, fc6=trunk.config.fc6 or 4096, fc7=trunk.config.fc7 or 4096, num_classes=num_classes,
+    arch = replace(trunk.config, fc6=trunk.config.fc6 if "fc6" in frozen else config.fc_units,
+                   fc7=trunk.config.fc7 if "fc7" in frozen else config.fc_units, num_classes=num_classes,
                    dropout=config.dropout, input_size=config.crop_size)
     net = CaffeAlexNet(arch)
     generator = torch.Generator().manual_seed(config.seed if seed is None else seed)

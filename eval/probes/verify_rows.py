@@ -20,7 +20,8 @@ PROBE_KINDS = ("linear_probe", "nonlinear_classifier")
 _LINEAR_KEYS = ("resize", "image_size", "crop_size", "mirror", "test_crops", "bn_moving_average_fraction", "bn_eps",
                 "batch_size", "max_iter", "base_lr", "lr_policy", "stepvalues", "stepsize", "gamma", "momentum",
                 "weight_decay")
-_NONLINEAR_KEYS = ("image_size", "crop_size", "mirror", "test_crops", "conv_std", "fc_std", "fc8_std", "dropout",
+_NONLINEAR_KEYS = ("image_size", "crop_size", "mirror", "test_crops", "conv_std", "fc_std", "fc8_std", "fc_units",
+                   "dropout",
                    "batch_size", "base_lr", "lr_policy", "stepsize", "stepvalues", "gamma", "max_iter", "momentum",
                    "weight_decay")
 

@@ -27,7 +27,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from jigsawpp.outputs import OutputDirError
 
-    return (FileNotFoundError, ValueError, KeyError, TypeError, OutputDirError)
+    return (FileNotFoundError, ValueError, KeyError, OutputDirError)
 
 
 def _fmt(value: float | None) -> str:

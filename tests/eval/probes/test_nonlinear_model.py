@@ -22,8 +22,8 @@ def cc_model():
 
 @pytest.mark.parametrize("upto", ["conv3", "fc6"])
 def test_frozen_copied_fresh_filled(cc_model, upto):
-    net = build_nonlinear_net(cc_model, NonlinearConfig(freeze_upto=upto, crop_size=SMALL), seed=0)
-    frozen = NonlinearConfig(freeze_upto=upto, crop_size=SMALL).frozen_layers
+    net = build_nonlinear_net(cc_model, NonlinearConfig(freeze_upto=upto, crop_size=SMALL, fc_units=512), seed=0)
+    frozen = NonlinearConfig(freeze_upto=upto, crop_size=SMALL, fc_units=512).frozen_layers
     source = dict(cc_model.named_parameters())
     for name, p in net.net.named_parameters():
         layer = name.split(".")[0]
@@ -45,7 +45,8 @@ def test_frozen_copied_fresh_filled(cc_model, upto):
 
 def test_locked_layers_stay_put_and_dropout_runs(cc_model):
     """One SGD step moves fresh layers only; dropout after the frozen fc6 stays active in training (Caffe TRAIN)."""
-    net = build_nonlinear_net(cc_model, NonlinearConfig(freeze_upto="fc6", crop_size=SMALL), seed=0).train()
+    cfg = NonlinearConfig(freeze_upto="fc6", crop_size=SMALL, fc_units=64)
+    net = build_nonlinear_net(cc_model, cfg, seed=0).train()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
     x = torch.randn(2, 3, SMALL, SMALL) * 50
