@@ -39,7 +39,7 @@ class LinearResult:
     out_dir: Path
     accuracy: dict[str, Accuracy]      # per tap, on the validation split
     iterations: int
-    trunk_images: int                  # images this process forwarded through the trunk (training + testing)
+    trunk_images: int                  # image views this process forwarded through the trunk (train + test)
     extraction: dict[str, Any] | None  # per cached split: images extracted now, whether it was reused
     scores_path: Path | None           # written by rank 0 only
     seconds: float
