@@ -229,6 +229,51 @@ def shared_params_cuda(ctx: Context) -> tuple[str, dict]:
     return f"STRICT + PERMISSIVE sharers stay tied on {ctx.device.type}; max |device - cpu| {err:.1e}", {"err": err}
 
 
+@step("release-variants")
+def release_variants(ctx: Context) -> tuple[str, dict]:
+    """A release zip converted on the CPU (caffemodel through the wire path; a single AlexNet trained at conv1
+    stride 2 with a stride-2 deploy with fc layers and a stride-4 conv-only one, so both variants are written),
+    then each variant from `from_release` run on the device against the CPU on a real photograph (TF32 off)."""
+    _needs_caffe_import()
+    import torch
+
+    from jigsawpp.constants import IMAGENET_MEAN_BGR
+    from jigsawpp.fixtures import make_release_zip
+    from jigsawpp.images import caffe_blob, demo_photo_path, read_bgr
+    from jigsawpp.models import from_release
+    from jigsawpp.release import convert_release
+
+    fc_sizes = (64, 64, 100) if ctx.tiny else (4096, 4096, 2000)
+    made = make_release_zip(ctx.tmp / "jigsawpp.zip", "alexnet_s2", layout="nested", fc_sizes=fc_sizes)
+    size_mb = made["path"].stat().st_size / 1e6
+    start = time.perf_counter()
+    manifest = convert_release(made["path"], ctx.tmp / "release", onnx=not ctx.tiny)
+    seconds = time.perf_counter() - start
+    if list(manifest["variants"]) != ["pretext_conv1s2", "transfer_conv1s4"]:
+        raise AssertionError(f"the stride-2 AlexNet release converted to {list(manifest['variants'])}")
+    image = read_bgr(demo_photo_path())
+    data: dict = {"zip_mb": size_mb, "convert_s": seconds, "variants": list(manifest["variants"])}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for variant, side, mean, blob in (("pretext", 64, (0.0, 0.0, 0.0), "fc8"),
+                                          ("transfer", 227, IMAGENET_MEAN_BGR, "pool5")):
+            model = from_release(ctx.tmp / "release", variant)
+            x = caffe_blob(image, size=side, mean_bgr=mean, resize=side)
+            with torch.inference_mode():
+                reference = model.blobs(x, [blob])[blob]
+                got = model.to(ctx.device).blobs(x.to(ctx.device), [blob])[blob].cpu()
+            err = float((got - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+            if not err < 1e-3:
+                raise AssertionError(f"release variant {variant} on {ctx.device} differs from the CPU by {err:.1e}")
+            data[variant] = {"blob": blob, "max_rel_err_vs_cpu": err}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return (f"{size_mb:.0f} MB zip converted in {seconds:.1f} s ({size_mb / seconds:.0f} MB/s) to both variants; "
+            f"on {ctx.device.type} vs CPU: pretext fc8 {data['pretext']['max_rel_err_vs_cpu']:.1e}, transfer pool5 "
+            f"{data['transfer']['max_rel_err_vs_cpu']:.1e}"), data
+
+
 def _detection_setup(ctx: Context, protocol_name: str):
     _needs_caffe_import()
     from benchmarks.fast_rcnn_speed import _photo, _roidb
@@ -320,6 +365,49 @@ def nonlinear_train(ctx: Context) -> tuple[str, dict]:
                      f"({d['images_per_s']:.0f} img/s)" for a, d in data.items()), data
 
 
+def _precisions(ctx: Context) -> tuple[str, ...]:
+    # fp16 autocast is a CUDA path; a tiny CPU run checks fp32 only
+    return ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)
+
+
+@step("voc-classification")
+def voc_classification(ctx: Context) -> tuple[str, dict]:
+    """Kraehenbuehl's VOC07 classifier: a training step (batch 16, clip 10) and 10-crop testing per precision, beside
+    a plain torchvision AlexNet fwd+bwd."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import time_classification, time_reference
+
+    batch, crops, iters, warmup = (2, 2, 1, 0) if ctx.tiny else (16, 10, 10, 3)
+    ref = time_reference(ctx.device, batch=batch, size=224, iters=iters, warmup=warmup)
+    data, figures = {"reference_train_images_per_s": ref["train_images_per_s"]}, []
+    for amp in _precisions(ctx):
+        rates = time_classification(ctx.device, batch=batch, crops=crops, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"classification {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.0f} img/s "
+                       f"({rates['train_images_per_s'] / ref['train_images_per_s']:.2f}x ref), "
+                       f"test {rates['test_images_per_s']:.0f} img/s")
+    return f"batch {batch}, {crops} test crops: " + "; ".join(figures), data
+
+
+@step("fcn-segmentation")
+def fcn_segmentation(ctx: Context) -> tuple[str, dict]:
+    """FCN-AlexNet at VOC's image size: training passes (update every 20) and testing per precision."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import PHOTO_SIZE, time_fcn
+
+    size, iters, warmup = ((96, 72), 1, 0) if ctx.tiny else (PHOTO_SIZE, 10, 3)
+    data, figures = {}, []
+    for amp in _precisions(ctx):
+        rates = time_fcn(ctx.device, size=size, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"FCN {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.1f} img/s, test {rates['test_images_per_s']:.1f}")
+    return f"{size[0]}x{size[1]}: " + "; ".join(figures), data
+
+
 @step("onnx-cuda")
 def onnx_cuda(ctx: Context) -> tuple[str, dict]:
     if ctx.device.type != "cuda":
@@ -369,6 +457,89 @@ def ddp_two_gpus(ctx: Context) -> tuple[str, dict]:
     if done.returncode != 0 or done.stdout.count("ok") != 2:
         raise AssertionError(f"torchrun failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
     return f"DDP forward/backward + all_reduce on 2 GPUs in {time.perf_counter() - start:.1f} s", {}
+
+
+@step("engine-train-loop")
+def engine_train_loop(ctx: Context) -> tuple[str, dict]:
+    """`train_loop` on the device at fp32, bf16 and fp16 (GradScaler): 6 iterations straight against 3 + a resume
+    from the checkpoint in a fresh model (CUDA RNG state, dropout masks, scaler state restored), cuDNN deterministic."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from jigsawpp.engine.loop import train_loop
+    from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
+
+    batch, size, width = (4, 16, 4) if ctx.tiny else (64, 64, 32)
+    side = (size - 3) // 2 + 1
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 3, stride=2)
+            self.fc = nn.Linear(width * side * side, 10)
+
+        def forward(self, x):
+            return self.fc(F.dropout(F.relu(self.conv1(x)), 0.5, self.training).flatten(1))
+
+    class Batch:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def to(self, device):
+            return Batch(self.x.to(device), self.y.to(device))
+
+    class Source:
+        """Deterministic synthetic batches; the state is the index of the next one."""
+
+        def __init__(self):
+            self.i = 0
+
+        def next_batch(self):
+            g = torch.Generator().manual_seed(self.i)
+            self.i += 1
+            return Batch(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, state):
+            self.i = state["i"]
+
+    def loss_fn(net, batch):
+        return {"loss": F.cross_entropy(net(batch.x).float(), batch.y)}
+
+    def run(out, amp, stop_after=None):
+        torch.manual_seed(0)
+        model = Net()
+        optimizer = CaffeSGD(param_specs(model), momentum=0.9, weight_decay=5e-4, clip_gradients=10.0)
+        result = train_loop(model=model, optimizer=optimizer, lr=LRPolicy("step", 0.01, gamma=0.1, stepsize=4),
+                            source=Source(), loss_fn=loss_fn, out_dir=out, max_iters=6, snapshot_iters=3,
+                            config={"amp": amp}, fingerprint="synthetic", device=ctx.device, amp=amp,
+                            progress=False, display=1, seed=1, stop_after=stop_after)
+        return model, result
+
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    data, figures = {}, []
+    try:
+        # autocast on the CPU is covered by the test suite (tests/jigsawpp/engine/test_loop.py)
+        for amp in ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",):
+            straight, result = run(ctx.tmp / f"loop-{amp}-a", amp)
+            run(ctx.tmp / f"loop-{amp}-b", amp, stop_after=3)
+            resumed, again = run(ctx.tmp / f"loop-{amp}-b", amp)
+            if again.resumed_from != 3:
+                raise AssertionError(f"amp {amp}: resumed from {again.resumed_from}, expected 3")
+            diff = max(float((a - b).abs().max()) for a, b in zip(straight.state_dict().values(),
+                                                                  resumed.state_dict().values()))
+            if diff != 0.0:
+                raise AssertionError(f"amp {amp}: resumed weights differ from the straight run by {diff:.3g}")
+            data[amp] = {"seconds": result.seconds, "max_abs_diff_after_resume": diff}
+            figures.append(f"{amp} {result.seconds / 6 * 1000:.0f} ms/it")
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+    return "resume bit-identical at " + ", ".join(figures), data
 
 
 # -- driver -------------------------------------------------------------------------------------------------------

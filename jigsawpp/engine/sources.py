@@ -147,7 +147,8 @@ class DatasetSource:
     The stream is the concatenation of one permutation per pass (``numpy.random.default_rng((seed, pass))``, or the
     identity without `shuffle`); global batch k is positions ``[k B W, (k + 1) B W)`` of it (B = `batch_size`,
     W = world size) and rank r takes its r-th slice of B. The state is the stream position of the next global batch.
-    Items are loaded by `workers` DataLoader processes (0: in this process).
+    Items are loaded by `workers` DataLoader processes (0: in this process), which already prefetch: with
+    workers > 0 do not wrap it in `PrefetchSource` (its thread would fork the workers).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, *, batch_size: int, seed: int, shuffle: bool = True,
