@@ -354,7 +354,7 @@ def nonlinear_train(ctx: Context) -> tuple[str, dict]:
     _needs_caffe_import()
     from benchmarks.probe_speed import time_nonlinear
 
-    precisions = ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)
+    precisions = _precisions(ctx)
     args = dict(iters=2, batch=4, image_size=72, crop=67, fc_units=64, per_class=4, workers=0) if ctx.tiny else \
         dict(iters=20, batch=256, workers=12)
     data = {amp: time_nonlinear(ctx.device, ctx.tmp / "probes", amp=amp, **args) for amp in precisions}

@@ -101,18 +101,14 @@ def verify(model_dir: str | os.PathLike[str], results: Sequence[str | os.PathLik
         if not scores.is_file():
             raise FileNotFoundError(f"{scores} does not exist; pass the --out folder of `jigsawpp eval detection` "
                                     "or a scores.json written by `jigsawpp eval score-detections`.")
-<<<<<<< HEAD
         data = json.loads(scores.read_text(encoding="utf-8"))
         if data.get("kind") in ("linear_probe", "nonlinear_classifier"):  # Tables 4-6
             from eval.probes.verify_rows import probe_rows
 
             rows += probe_rows(scores, data, method)
             continue
-        rows.append(_detection_row(scores, table3))
-=======
         from eval.classification.provenance import cls_seg_verify_row
 
         row = cls_seg_verify_row(scores, table3)  # None unless a classification or segmentation result
         rows.append(row if row is not None else _detection_row(scores, table3))
->>>>>>> main
     return method, rows
