@@ -167,7 +167,7 @@ def nonlinear_cmd(model_dir, data_root, dataset, freeze_upto, out_dir, iters, ce
     from jigsawpp.paper import TABLE6
 
     method = data["provenance"]["model"]["paper_method"]
-    paper = (TABLE6.row(method) if method else None) or {}
+    paper = (TABLE6.row(method) if method and dataset == "imagenet" else None) or {}
     crops = "10 crops" if cfg.test_crops == "ten" else "centre crop"
     click.echo(f"\n{freeze_upto} frozen: top-1 {result.accuracy.top1:.1f}, top-5 {result.accuracy.top5:.1f} "
                f"({crops}, {result.accuracy.count} images); paper {_fmt(paper.get(freeze_upto)).strip()}")
