@@ -21,13 +21,11 @@ below are a choice, marked CHOICE, recorded in every result's stamp and listed b
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eval.config_fields import check_types, config_from_dict, config_to_dict
 from eval.probes.taps import CONV_TAPS
 
 __all__ = ["FREEZE_POINTS", "LinearProbeConfig", "NonlinearConfig"]
@@ -37,15 +35,11 @@ FREEZE_POINTS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 
 class _Strict:
-    """Strict construction from mappings: unknown keys and wrong types are errors naming them."""
+    """Strict construction from mappings (`eval.config_fields`): unknown keys and wrong types are errors naming
+    them; JSON lists and ints become the tuples and floats the fields want."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if not _matches(value, hints[f.name]):
-                raise TypeError(f"{type(self).__name__}.{f.name} = {value!r} does not have the type "
-                                f"{hints[f.name]}.")
+        check_types(self)
         self._validate()
 
     def _validate(self) -> None:
@@ -53,53 +47,14 @@ class _Strict:
 
     def replace(self, **overrides: Any):
         """A copy with `overrides` applied; unknown keys raise KeyError naming them."""
-        return type(self).from_dict({**self.to_dict(), **overrides})
+        return config_from_dict(type(self), {**self.to_dict(), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {', '.join(sorted(known))}.")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})  # type: ignore[call-arg]
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """JSON lists -> tuples, ints -> floats where the field is a float."""
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin in (typing.Union, types.UnionType) and isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return config_from_dict(cls, values)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import torch
 
 from jigsawpp.data import ImageDataset, LabeledImage, Samples, caffe_transform, ten_crops
 
-__all__ = ["DATASETS", "TestViews", "TrainViews", "dataset_splits", "samples_fingerprint", "test_dataset",
-           "train_dataset"]
+__all__ = ["DATASETS", "TestViews", "TrainViews", "dataset_splits", "per_process_batch", "samples_fingerprint",
+           "test_dataset", "train_dataset"]
 
 DatasetName = Literal["imagenet", "places205", "folder"]
 DATASETS = ("imagenet", "places205", "folder")
@@ -44,6 +44,14 @@ def dataset_splits(root: str | os.PathLike[str], dataset: DatasetName) -> tuple[
         raise DatasetLayoutError(f"{root}: validation labels {bad[:5]} have no training class ({len(train.classes)} "
                                  "classes in train).")
     return train, val
+
+
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the protocol's batch (the effective batch stays `batch_size` at any world size)."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} processes; choose a multiple "
+                         "of the number of GPUs (--set batch_size=...).")
+    return batch_size // world_size
 
 
 def samples_fingerprint(samples: list[LabeledImage], root: str | os.PathLike[str]) -> str:

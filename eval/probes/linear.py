@@ -111,9 +111,7 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
     if rank == 0:
         prepare_output_dir(out, overwrite=overwrite, what="linear probe output", resume=resume)
     barrier()
-    if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes; choose a "
-                         "multiple of the number of GPUs (--set batch_size=...).")
+    batch = pdata.per_process_batch(cfg.batch_size, world_size)
     fingerprint = pdata.samples_fingerprint(train.samples, data_root) + ":" + trunk.weights_sha256
     mean = trunk.mean_bgr
     model = LinearProbeModel(taps, heads)
@@ -128,7 +126,7 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
         items = pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size, crop_size=cfg.crop_size,
                                     mirror=cfg.mirror, seed=cfg.seed)
         train_module = model
-    source = DatasetSource(items, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
+    source = DatasetSource(items, batch_size=batch, seed=cfg.seed, workers=workers,
                            pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(heads), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     lr = LRPolicy(cfg.lr_policy, cfg.base_lr, gamma=cfg.gamma, stepsize=cfg.stepsize, stepvalues=cfg.stepvalues,

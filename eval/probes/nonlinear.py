@@ -71,12 +71,10 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     if rank == 0:
         prepare_output_dir(out, overwrite=overwrite, what="nonlinear classifier output", resume=resume)
     barrier()
-    if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world_size} processes; choose a "
-                         "multiple of the number of GPUs (--set batch_size=...).")
+    batch = pdata.per_process_batch(cfg.batch_size, world_size)
     images = pdata.train_dataset(train, mean_bgr=trunk.mean_bgr, image_size=cfg.image_size, crop_size=cfg.crop_size,
                                  mirror=cfg.mirror, seed=cfg.seed)
-    source = DatasetSource(images, batch_size=cfg.batch_size // world_size, seed=cfg.seed, workers=workers,
+    source = DatasetSource(images, batch_size=batch, seed=cfg.seed, workers=workers,
                            pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(net.net, frozen=cfg.frozen_layers), momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay)

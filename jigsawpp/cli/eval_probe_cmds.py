@@ -8,20 +8,9 @@ from pathlib import Path
 
 import click
 
+from jigsawpp.cli.eval_cmds import _parse_sets
+
 TAPS_HELP = "conv1,conv2,conv3,conv4,conv5 (Tables 4/5); pool1, pool2, pool5 also exist with --resize bilinear"
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -18,7 +18,7 @@ def test_usage_and_layout_errors(tmp_path, caffenet_dir):
     assert res.exit_code == 0 and "--freeze-upto" in res.output
     base = ["eval", "linear", "--model", str(caffenet_dir), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     res = runner.invoke(main, [*base, "--set", "lr=0.1"])
-    assert res.exit_code == 2 and "unknown LinearProbeConfig key(s) ['lr']" in res.output
+    assert res.exit_code == 2 and "unknown key(s) ['lr']" in res.output
     res = runner.invoke(main, [*base, "--taps", "conv5,fc7", "--dataset", "folder", "--quiet"])
     assert res.exit_code == 1 and "unknown probe tap(s) ['fc7']" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, [*base, "--dataset", "folder", "--quiet"])
