@@ -107,11 +107,8 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
     num_classes = len(train.classes)
     heads = MultiHeadProbe(taps.shapes, num_classes, moving_average_fraction=cfg.bn_moving_average_fraction,
                            eps=cfg.bn_eps).to(device)
-    out = Path(out_dir)
-    if rank == 0:
-        prepare_output_dir(out, overwrite=overwrite, what="linear probe output", resume=resume)
-    barrier()
     batch = pdata.per_process_batch(cfg.batch_size, world_size)
+    out = Path(out_dir)
     fingerprint = pdata.samples_fingerprint(train.samples, data_root) + ":" + trunk.weights_sha256
     mean = trunk.mean_bgr
     model = LinearProbeModel(taps, heads)
@@ -126,6 +123,9 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
         items = pdata.train_dataset(train, mean_bgr=mean, image_size=cfg.image_size, crop_size=cfg.crop_size,
                                     mirror=cfg.mirror, seed=cfg.seed)
         train_module = model
+    if rank == 0:  # after the cache, so that a stale cache leaves no output folder behind
+        prepare_output_dir(out, overwrite=overwrite, what="linear probe output", resume=resume)
+    barrier()
     source = DatasetSource(items, batch_size=batch, seed=cfg.seed, workers=workers,
                            pin_memory=device.type == "cuda")
     optimizer = CaffeSGD(param_specs(heads), momentum=cfg.momentum, weight_decay=cfg.weight_decay)

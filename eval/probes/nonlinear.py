@@ -67,11 +67,11 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     train, val = pdata.dataset_splits(data_root, dataset)  # type: ignore[arg-type]
     num_classes = len(train.classes)
     net = build_nonlinear_net(trunk.model, cfg, num_classes=num_classes).to(device)
+    batch = pdata.per_process_batch(cfg.batch_size, world_size)
     out = Path(out_dir)
     if rank == 0:
         prepare_output_dir(out, overwrite=overwrite, what="nonlinear classifier output", resume=resume)
     barrier()
-    batch = pdata.per_process_batch(cfg.batch_size, world_size)
     images = pdata.train_dataset(train, mean_bgr=trunk.mean_bgr, image_size=cfg.image_size, crop_size=cfg.crop_size,
                                  mirror=cfg.mirror, seed=cfg.seed)
     source = DatasetSource(images, batch_size=batch, seed=cfg.seed, workers=workers,

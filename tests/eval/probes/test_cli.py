@@ -23,7 +23,7 @@ def test_usage_and_layout_errors(tmp_path, caffenet_dir):
     assert res.exit_code == 1 and "unknown probe tap(s) ['fc7']" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, [*base, "--dataset", "folder", "--quiet"])
     assert res.exit_code == 1 and "expected an ImageFolder layout" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()  # nothing left on disk
     res = runner.invoke(main, ["eval", "nonlinear", "--model", str(caffenet_dir), "--data", str(tmp_path), "--out",
                                str(tmp_path / "n"), "--freeze-upto", "fc6", "--dataset", "folder", "--quiet"])
     assert res.exit_code == 1 and "Traceback" not in res.output
