@@ -408,6 +408,28 @@ def fcn_segmentation(ctx: Context) -> tuple[str, dict]:
     return f"{size[0]}x{size[1]}: " + "; ".join(figures), data
 
 
+@step("demo")
+def demo(ctx: Context) -> tuple[str, dict]:
+    """`jigsawpp demo` with its Fast R-CNN step on the device: seconds per step and what it leaves on disk.
+    --tiny runs only the CaffeNet/OpenCV part (the full demo runs in the test suite)."""
+    _needs_caffe_import()
+    from jigsawpp.demo import run_demo
+
+    start = time.perf_counter()
+    report = run_demo(ctx.tmp / "demo", release=not ctx.tiny, device=ctx.device)
+    seconds = time.perf_counter() - start
+    if report.kept_mb >= 500:
+        raise AssertionError(f"the demo left {report.kept_mb:.0f} MB (limit 500 MB)")
+    data = {"seconds": seconds, "kept_mb": report.kept_mb, "scratch_mb": report.scratch_mb,
+            "steps": {s.name: s.seconds for s in report.steps},
+            **{k: v for k, v in report.results.items() if k.startswith("detection_")}}
+    figures = f"{seconds:.0f} s, {report.kept_mb:.0f} MB left ({report.scratch_mb:.0f} MB scratch removed)"
+    if "detection_map_after" in report.results:
+        figures += (f"; detection {report.steps[-1].seconds:.0f} s, mAP {report.results['detection_map_before']:.3f}"
+                    f" -> {report.results['detection_map_after']:.3f}")
+    return figures, data
+
+
 @step("onnx-cuda")
 def onnx_cuda(ctx: Context) -> tuple[str, dict]:
     if ctx.device.type != "cuda":
@@ -540,6 +562,66 @@ def engine_train_loop(ctx: Context) -> tuple[str, dict]:
     finally:
         cudnn.deterministic, cudnn.benchmark = saved
     return "resume bit-identical at " + ", ".join(figures), data
+
+
+@step("transfer-chain")
+def transfer_chain(ctx: Context) -> tuple[str, dict]:
+    """Knowledge transfer end to end: pooled conv4 features on the device, k-means + pseudo-labels (faiss; when the
+    image has no faiss, the photos' folders stand in for the clusters), cluster-classification training with bf16
+    autocast, and the release zip it writes read back by `jigsawpp convert`."""
+    _needs_caffe_import()
+    import numpy as np
+
+    from benchmarks.transfer_speed import make_images
+    from jigsawpp.label_files import PseudoLabels, save_pseudo_labels
+    from jigsawpp.release import convert_release
+    from jigsawpp.transfer.features import FeatureConfig, ModelFeatures, extract_features
+    from jigsawpp.transfer.store import images_from_data
+    from jigsawpp.transfer.teacher import load_teacher
+    from jigsawpp.transfer.train import CCConfig, train_cc
+
+    count, k = (8, 2) if ctx.tiny else (512, 8)
+    try:
+        make_images(ctx.tmp / "transfer_photos", count, few=ctx.tiny)
+    except Exception as exc:  # no package that ships sample photos
+        raise Skip(f"no sample photos to build images from ({type(exc).__name__}: {exc})") from None
+    images = images_from_data(ctx.tmp / "transfer_photos")
+    sizes = dict(resize=76, crop=67, pool_grid=3) if ctx.tiny else {}  # tiny: conv4 3 x 3 instead of 13 x 13
+    config = FeatureConfig(batch_size=4 if ctx.tiny else 128, workers=0 if ctx.tiny else 8, **sizes)
+    extractor = ModelFeatures(load_teacher("random:alexnet"), config)
+    start = time.perf_counter()
+    extract_features(extractor, images, ctx.tmp / "transfer_feats", config=config, device=ctx.device,
+                     progress=False)
+    rate = count / (time.perf_counter() - start)
+    labels_dir = ctx.tmp / "transfer_labels"
+    try:
+        from jigsawpp.transfer.kmeans import KMeansConfig, cluster, load_centroids
+        from jigsawpp.transfer.labels import label_features
+        from jigsawpp.transfer.store import open_features
+
+        store = open_features(ctx.tmp / "transfer_feats")
+        cluster(store, ctx.tmp / "transfer_centroids", config=KMeansConfig(k=k, niter=5, verbose=False))
+        label_features(store, load_centroids(ctx.tmp / "transfer_centroids"), labels_dir, montage=False)
+        clusters = f"k-means k = {k} (faiss)"
+    except ImportError:
+        save_pseudo_labels(labels_dir / "train.npz", PseudoLabels(np.asarray(images.names),
+                                                                  np.asarray(images.labels, np.int32), "folders", True))
+        clusters = "no faiss here: photo folders as clusters"
+    iters = 2 if ctx.tiny else 30
+    settings = dict(crop=51, resize=59, fc=64, batch_size=4) if ctx.tiny else dict(batch_size=128)
+    amp = "bf16" if ctx.device.type == "cuda" else "off"
+    cc = CCConfig(**settings, max_iter=iters, snapshot=iters, display=1, workers=0 if ctx.tiny else 8, amp=amp,
+                  progress=False)
+    start = time.perf_counter()
+    result = train_cc(labels_dir, images.root, ctx.tmp / "transfer_cc", config=cc, name="cc_smoke",
+                      device=str(ctx.device))
+    per_iter = (time.perf_counter() - start) / iters
+    manifest = convert_release(result.release_zip, ctx.tmp / "transfer_converted", onnx=False)
+    if manifest["variants"]["transfer_conv1s4"]["alexnet_config"]["num_classes"] != result.k:
+        raise AssertionError("the converted CC release lost its fc8 size")
+    return (f"features {rate:.0f} img/s ({extractor.description.split(', ')[-1]}); {clusters}; CC training {amp} "
+            f"{per_iter * 1000:.0f} ms/it at batch {cc.batch_size} x {cc.crop} px (incl. data); release zip converts",
+            {"features_images_per_second": rate, "cc_seconds_per_iter": per_iter, "clusters": clusters})
 
 
 # -- driver -------------------------------------------------------------------------------------------------------

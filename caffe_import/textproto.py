@@ -121,6 +121,8 @@ class _Reader:
         self.pos = 0
         self.source = source
         self.report = report
+        # the '{'/'<' still open, innermost last: (token, field path, message or None for a skipped unknown field)
+        self.open: list[tuple[Token, str, Message | None]] = []
 
     # -- token helpers -------------------------------------------------------------------------------------------
     def peek(self) -> Token | None:
@@ -129,10 +131,23 @@ class _Reader:
     def next(self) -> Token:
         tok = self.peek()
         if tok is None:
-            last = self.tokens[-1].line if self.tokens else 1
-            raise CaffeImportError(f"{self.source}:{last}: unexpected end of file (a '}}' is missing?).")
+            raise self._end_of_file()
         self.pos += 1
         return tok
+
+    def _end_of_file(self) -> CaffeImportError:
+        """The file ended inside a message: point at the innermost '{' that was never closed."""
+        last = self.tokens[-1].line if self.tokens else 1
+        if not self.open:
+            return CaffeImportError(f"{self.source}:{last}: unexpected end of file (a value is missing).")
+        brace, path, msg = self.open[-1]
+        closing = "}" if brace.text == "{" else ">"
+        name = getattr(msg, "name", "") if msg is not None and "name" in msg.DESCRIPTOR.fields_by_name else ""
+        what = f"{path or 'the message'}" + (f" (name {name!r})" if name else "")
+        more = f"; {len(self.open) - 1} enclosing one(s) are open too" if len(self.open) > 1 else ""
+        return CaffeImportError(f"{self.source}:{brace.line}: the '{brace.text}' of {what} opened on line "
+                                f"{brace.line} is never closed (the file ends at line {last}{more}); add the missing "
+                                f"'{closing}'.")
 
     def accept(self, text: str) -> bool:
         tok = self.peek()
@@ -156,13 +171,13 @@ class _Reader:
             return tok
         raise self.fail(tok, "expected a value")
 
-    def skip_value(self) -> None:
-        """Skip the value of an unknown field: a scalar, a list, or a nested message."""
+    def skip_value(self, path: str = "an unknown field") -> None:
+        """Skip the value of an unknown field (`path`): a scalar, a list, or a nested message."""
         if self.accept(":"):
             if self.accept("["):
                 while not self.accept("]"):
                     if self.accept("{") or self.accept("<"):
-                        self.skip_message_body()
+                        self.skip_message_body(path)
                     else:
                         self.read_scalar()
                     self.accept(",")
@@ -172,16 +187,18 @@ class _Reader:
                 return
         elif not (self.accept("{") or self.accept("<")):
             raise self.fail(self.next(), "expected ':' or '{' after a field name")
-        self.skip_message_body()
+        self.skip_message_body(path)
 
-    def skip_message_body(self) -> None:
-        depth = 1
-        while depth:
+    def skip_message_body(self, path: str = "an unknown field") -> None:
+        """Skip to the '}'/'>' matching the one just accepted (tracked in `open` for end-of-file messages)."""
+        base = len(self.open)
+        self.open.append((self.tokens[self.pos - 1], f"{path} (unknown to the schema)", None))
+        while len(self.open) > base:
             tok = self.next()
             if tok.kind == "punct" and tok.text in "{<":
-                depth += 1
+                self.open.append((tok, f"a value inside {path}", None))
             elif tok.kind == "punct" and tok.text in "}>":
-                depth -= 1
+                self.open.pop()
 
     # -- typed parsing ---------------------------------------------------------------------------------------------
     def parse_message(self, msg: Message, path: str, closing: str | None) -> None:
@@ -205,8 +222,9 @@ class _Reader:
                 if self._fork_alias(msg, name, name_tok, path):
                     self.accept(";") or self.accept(",")
                     continue
-                self.report.unknown.append(UnknownField(f"{path}.{name}" if path else name, name_tok.line))
-                self.skip_value()
+                unknown = f"{path}.{name}" if path else name
+                self.report.unknown.append(UnknownField(unknown, name_tok.line))
+                self.skip_value(unknown)
             else:
                 self.parse_field(msg, fdesc, f"{path}.{name}" if path else name)
             self.accept(";") or self.accept(",")
@@ -240,7 +258,9 @@ class _Reader:
             sub = getattr(msg, fdesc.name).add() if repeated else getattr(msg, fdesc.name)
             if not repeated:
                 sub.SetInParent()
+            self.open.append((open_tok, path, sub))
             self.parse_message(sub, path, "}" if open_tok.text == "{" else ">")
+            self.open.pop()
             return
         tok = self.read_scalar()
         value = self._convert(fdesc, tok, path)

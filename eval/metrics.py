@@ -572,18 +572,29 @@ def write_scores(ap: DetectionAP, results_dir: str | Path, *, split: str | None 
     return path
 
 
-def plot_pr_curves(ap: DetectionAP, path: str | Path, *, title: str | None = None) -> Path:
-    """Save all classes' precision/recall curves on one axes, the legend giving both APs per class."""
+PLOT_TITLE_CHARS = 90  # characters per title line at the figure's width and font size
+
+
+def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
+    """A matplotlib Figure (Agg canvas) with the precision/recall curves of the classes that have ground truth on one
+    axes, the legend giving both APs per class. Classes without positives (AP undefined, shown as ``-`` by the CLI)
+    get no curve and no legend entry; the legend title counts them. A long `title` is wrapped to fit the figure
+    (its own line breaks are kept).
+    """
+    import textwrap
+
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
     fig = Figure(figsize=(9, 7))
     FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.add_subplot(1, 1, 1)
     cmap = colormaps["tab20"]
+    shown = [name for name in ap.class_names if ap.n_pos.get(name, 0) > 0]
     for k, name in enumerate(ap.class_names):
+        if name not in shown:
+            continue
         label = f"{name}  {ap.per_class[name]:.3f} / {ap.per_class_area[name]:.3f}"
         ax.plot(ap.recall[name], ap.precision[name], color=cmap(k % cmap.N), linewidth=1.2, label=label)
     ax.set_xlim(0.0, 1.0)
@@ -591,9 +602,31 @@ def plot_pr_curves(ap: DetectionAP, path: str | Path, *, title: str | None = Non
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
-    ax.set_title(title or f"VOC detection: mAP {ap.map_11point:.3f} (11-point) / {ap.map_area:.3f} (area)")
-    ax.legend(title="class  AP 11-pt / area", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    text = title or f"VOC detection: mAP {ap.map_11point:.3f} (11-point) / {ap.map_area:.3f} (area)"
+    wrapped = "\n".join(textwrap.fill(line, PLOT_TITLE_CHARS, break_on_hyphens=False) for line in text.splitlines())
+    ax.set_title(wrapped, fontsize=9)
+    hidden = len(ap.class_names) - len(shown)
+    legend_title = "class  AP 11-pt / area" + (f"\n({hidden} classes without ground truth not shown)" if hidden else "")
+    if shown:
+        ax.legend(title=legend_title, fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(ap: DetectionAP, path: str | Path, *, title: str | None = None) -> Path:
+    """Save `pr_curves_figure` to `path` (format from its suffix), written with the user's umask
+    (`jigsawpp.io.atomic_path`) and renamed into place."""
+    from jigsawpp.io import atomic_path
+
+    path = Path(path)
+    fig = pr_curves_figure(ap, title=title)
     fmt = path.suffix.lstrip(".") or "png"
-    _atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=120))
+    fd, tmp = atomic_path(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format=fmt, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

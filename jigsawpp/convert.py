@@ -3,7 +3,10 @@
 Output (other tools rely on it): DIR/model.safetensors (state dict keyed by Caffe layer names), DIR/deploy.prototxt
 (a copy of the definition used), DIR/manifest.json (sha256 of the inputs, the NetState the layers were selected
 with, layers, input/output blobs and shapes, the weight accounting). Everything is written into a staging folder
-and renamed into place, so a failed conversion leaves no partial output.
+and renamed into place (`jigsawpp.outputs.staged_output`), so a failed conversion leaves no partial output.
+
+Results computed from a converted folder record `model_record(folder)`: the sha256 of its manifest.json, which
+names every input file by its sha256, so that `jigsawpp verify` can tell which model a result came from.
 
 A DIGITS-style prototxt (train, val and deploy layers in one file, told apart by `include { stage: ... }` rules)
 converts with `stages=["deploy"]`; the stages and level are recorded as `net_state` so that reloading the folder
@@ -13,9 +16,9 @@ safetensors file with the other keys as aliases, so a reload is exact.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +27,10 @@ from pathlib import Path
 import caffe_import
 from jigsawpp import __version__
 from jigsawpp.io import save_state_dict_file, sha256_file, write_json_atomic
+from jigsawpp.outputs import staged_output
+
+__all__ = ["ConvertResult", "check_caffemodel_file", "convert_caffe", "model_manifest_path", "model_record",
+           "net_summary"]
 
 
 @dataclass(frozen=True)
@@ -52,42 +59,79 @@ def net_summary(net: caffe_import.CaffeNet) -> dict:
     }
 
 
+def check_caffemodel_file(path: str | os.PathLike[str]) -> None:
+    """Refuse an empty caffemodel with a sentence saying so (read as protobuf, 0 bytes is a valid net without
+    layers, which would surface later as "no weights for layer conv1")."""
+    if Path(path).stat().st_size == 0:
+        raise caffe_import.CaffeImportError(f"{path}: the caffemodel is empty (0 bytes); the download or copy failed, "
+                                            "fetch it again.")
+
+
 def convert_caffe(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], *, outputs: list[str] | None = None,
-                  stages: Sequence[str] = (), level: int = 0, overwrite: bool = False) -> ConvertResult:
+                  stages: Sequence[str] = (), level: int = 0, allow_missing: bool = False,
+                  overwrite: bool = False) -> ConvertResult:
     """Convert one prototxt + caffemodel pair into `out_dir` (see the module docstring for the layout).
 
     `stages`/`level` complete Caffe's NetState (TEST phase) that the layers' include/exclude rules are evaluated
-    against, as `caffe.Net(prototxt, caffe.TEST, level=level, stages=stages)` does. Raises CaffeImportError for a
-    net or caffemodel that cannot be loaded, FileExistsError for a non-empty `out_dir` without `overwrite`.
+    against, as `caffe.Net(prototxt, caffe.TEST, level=level, stages=stages)` does. `allow_missing` initialises
+    layers without weights in the caffemodel from their fillers (listed under ``weights.filled`` in the manifest).
+
+    Raises:
+        jigsawpp.outputs.OutputDirError: `out_dir` is a non-empty folder (without `overwrite`), a file, or lies
+            under a file; checked before anything is loaded.
+        caffe_import.CaffeImportError: a net or caffemodel that cannot be loaded (an empty caffemodel included).
+        OSError: the output cannot be written.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
-    net = caffe_import.load(prototxt, caffemodel, outputs=outputs, stages=stages, level=level)
-    manifest = {
-        "tool": f"jigsawpp {__version__}",
-        "inputs": {
-            "prototxt": {"file": Path(prototxt).name, "sha256": sha256_file(prototxt)},
-            "caffemodel": {"file": Path(caffemodel).name, "sha256": sha256_file(caffemodel)},
-        },
-        "net_state": net.graph.state.as_dict(),
-        "net": net_summary(net),
-        "weights": {k: v for k, v in net.weight_report.items() if v},
-        "files": {"weights": "model.safetensors", "prototxt": "deploy.prototxt"},
-    }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir, overwrite=overwrite, what="--out") as staging:
+        check_caffemodel_file(caffemodel)
+        net = caffe_import.load(prototxt, caffemodel, outputs=outputs, stages=stages, level=level,
+                                allow_missing=allow_missing)
+        manifest = {
+            "tool": f"jigsawpp {__version__}",
+            "inputs": {
+                "prototxt": {"file": Path(prototxt).name, "sha256": sha256_file(prototxt)},
+                "caffemodel": {"file": Path(caffemodel).name, "sha256": sha256_file(caffemodel)},
+            },
+            "net_state": net.graph.state.as_dict(),
+            "net": net_summary(net),
+            "weights": {k: v for k, v in net.weight_report.items() if v},
+            "files": {"weights": "model.safetensors", "prototxt": "deploy.prototxt"},
+        }
         save_state_dict_file(net.state_dict(), staging / "model.safetensors",
                              metadata={"format": "caffe_import state dict, keys = Caffe layer names"})
         shutil.copyfile(prototxt, staging / "deploy.prototxt")
         write_json_atomic(staging / "manifest.json", manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ConvertResult(out_dir=out_dir, manifest=manifest, seconds=time.perf_counter() - start)
+
+
+def model_manifest_path(model_dir: str | os.PathLike[str]) -> Path:
+    """The manifest.json describing a converted model: ``DIR/manifest.json``, or for a variant folder of a release
+    conversion (``ROOT/<variant>/``) the release's ``ROOT/manifest.json``.
+
+    Raises:
+        FileNotFoundError: neither exists (the message says what `model_dir` should be).
+    """
+    folder = Path(model_dir)
+    own = folder / "manifest.json"
+    if own.is_file():
+        return own
+    parent = folder.parent / "manifest.json"
+    if parent.is_file():
+        try:
+            variants = json.loads(parent.read_text(encoding="utf-8")).get("variants") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            variants = {}
+        if folder.name in variants:
+            return parent
+    raise FileNotFoundError(f"{own} does not exist; the model must be a folder written by `jigsawpp convert` (or "
+                            "one of its variant folders).")
+
+
+def model_record(model_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """What a result stamp records about the converted model it was computed from (its ``"model"`` entry):
+    ``{"folder": name as given, "manifest_sha256": sha256 of the manifest.json file}``."""
+    manifest = model_manifest_path(model_dir)
+    return {"folder": Path(model_dir).name, "manifest_sha256": sha256_file(manifest)}

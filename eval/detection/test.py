@@ -38,6 +38,7 @@ __all__ = [
     "class_detections",
     "detect_set",
     "draw_detections",
+    "draw_results_with_ground_truth",
     "im_detect",
     "image_candidates",
     "image_pyramid",
@@ -210,30 +211,106 @@ def write_results(all_boxes: list[list[np.ndarray]], image_ids: Sequence[str], r
                              score_decimals=FAST_RCNN_SCORE_DECIMALS, box_decimals=FAST_RCNN_BOX_DECIMALS)
 
 
-def draw_detections(image_bgr: np.ndarray, dets_by_class: dict[str, np.ndarray], path: str | os.PathLike[str], *,
-                    threshold: float = VIS_THRESHOLD) -> Path:
-    """Save the image with each class's best boxes above `threshold` (at most 10 per class, as vis_detections)."""
+def _palette_color(name: str) -> tuple[int, int, int]:
+    """A fixed BGR colour per VOC class (the same in every picture and panel)."""
+    k = DETECTION_CLASSES.index(name) if name in DETECTION_CLASSES else len(DETECTION_CLASSES)
+    return (int(40 + 215 * ((k * 0.37) % 1)), int(40 + 215 * ((k * 0.61) % 1)), int(40 + 215 * ((k * 0.83) % 1)))
+
+
+def _draw_boxes(canvas: np.ndarray, boxes: Sequence[tuple[str, Sequence[float], str]], thickness: int) -> None:
+    """Draw (class name, (x1, y1, x2, y2) 0-based, label) boxes with a filled label tag on `canvas` in place."""
     import cv2
 
-    canvas = image_bgr.copy()
-    palette = [(int(40 + 215 * ((k * 0.37) % 1)), int(40 + 215 * ((k * 0.61) % 1)), int(40 + 215 * ((k * 0.83) % 1)))
-               for k in range(len(DETECTION_CLASSES))]
-    thickness = max(1, round(min(canvas.shape[:2]) / 250))
-    for k, (name, dets) in enumerate(dets_by_class.items()):
+    for name, box, label in boxes:
+        color = _palette_color(name)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        top = max(y1 - th - base, 0)
+        cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + base), color, -1)
+        cv2.putText(canvas, label, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    import cv2
+
+    strip = np.full((24, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, title, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([strip, panel])
+
+
+def draw_detections(image_bgr: np.ndarray, dets_by_class: dict[str, np.ndarray], path: str | os.PathLike[str], *,
+                    threshold: float = VIS_THRESHOLD,
+                    ground_truth: Sequence[tuple[str, Sequence[float]]] | None = None) -> Path:
+    """Save the image with each class's best boxes above `threshold` (at most 10 per class, as vis_detections).
+
+    Args:
+        image_bgr: (H, W, 3) uint8.
+        dets_by_class: class name -> (n, 5) ``[x1, y1, x2, y2, score]``, 0-based pixels.
+        ground_truth: (class name, (x1, y1, x2, y2) 0-based) objects; when given, the picture is two panels side by
+            side, the ground truth on the left and the detections on the right, each with a title.
+    Returns:
+        `path` (the format follows its suffix); written with the user's umask and renamed into place.
+    """
+    import cv2
+
+    from jigsawpp.io import atomic_path
+
+    thickness = max(1, round(min(image_bgr.shape[:2]) / 250))
+    detections = []
+    for name, dets in dets_by_class.items():
         dets = dets[dets[:, 4] >= threshold]
         dets = dets[np.argsort(-dets[:, 4], kind="stable")][:VIS_MAX_PER_CLASS]
-        color = palette[(k + 1) % len(palette)]
-        for x1, y1, x2, y2, score in dets.tolist():
-            p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
-            cv2.rectangle(canvas, p1, p2, color, thickness)
-            label = f"{name} {score:.2f}"
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-            top = max(p1[1] - th - base, 0)
-            cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw, top + th + base), color, -1)
-            cv2.putText(canvas, label, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                        cv2.LINE_AA)
+        detections += [(name, row[:4], f"{name} {row[4]:.2f}") for row in dets.tolist()]
+    canvas = image_bgr.copy()
+    _draw_boxes(canvas, detections, thickness)
+    if ground_truth is not None:
+        truth = image_bgr.copy()
+        _draw_boxes(truth, [(name, box, name) for name, box in ground_truth], thickness)
+        gap = np.full((image_bgr.shape[0] + 24, 8, 3), 255, np.uint8)
+        canvas = np.hstack([_titled(truth, f"ground truth ({len(ground_truth)})"), gap,
+                            _titled(canvas, f"detections, score >= {threshold:g} ({len(detections)})")])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), canvas):
-        raise OSError(f"could not write {path}.")
+    ok, encoded = cv2.imencode(path.suffix or ".jpg", canvas)
+    if not ok:
+        raise OSError(f"could not encode {path} (suffix {path.suffix!r} is not an image format OpenCV writes).")
+    fd, tmp = atomic_path(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def draw_results_with_ground_truth(voc_root: str | os.PathLike[str], split: str, results_dir: str | os.PathLike[str],
+                                   out_dir: str | os.PathLike[str], *, image_ids: Sequence[str] | None = None,
+                                   threshold: float = VIS_THRESHOLD) -> list[Path]:
+    """One picture per image of `split` (or of `image_ids`): its ground truth beside the detections of the devkit
+    results files in `results_dir` (fast-rcnn's ``comp4_det_<split>_<class>.txt``, 1-based boxes).
+
+    Images are read with `jigsawpp.data.read_image_bgr` (a truncated or corrupt file is an error naming it).
+    Returns the written ``<out_dir>/<image_id>.jpg`` paths in image order.
+    """
+    from eval.metrics import read_voc_results
+    from eval.voc import VOCDataset
+    from jigsawpp.data import read_image_bgr
+
+    dataset = VOCDataset(voc_root, split)
+    ids = list(dataset.image_ids if image_ids is None else image_ids)
+    wanted = set(ids)
+    per_image: dict[str, dict[str, list[np.ndarray]]] = {i: {} for i in ids}
+    for name, dets in read_voc_results(results_dir, split, DETECTION_CLASSES[1:]).items():
+        rows = np.hstack([dets.boxes - 1.0, dets.scores[:, None]])  # 1-based devkit boxes -> 0-based pixels
+        for image_id, row in zip(dets.image_ids, rows):
+            if image_id in wanted:
+                per_image[image_id].setdefault(name, []).append(row)
+    written = []
+    for image_id in ids:
+        truth = [(o.name, tuple(v - 1.0 for v in o.box)) for o in dataset.annotation(image_id).objects]
+        dets = {name: np.asarray(rows, dtype=np.float64).reshape(-1, 5) for name, rows in per_image[image_id].items()}
+        written.append(draw_detections(read_image_bgr(dataset.image_path(image_id)), dets,
+                                       Path(out_dir) / f"{image_id}.jpg", threshold=threshold, ground_truth=truth))
+    return written

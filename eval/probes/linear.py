@@ -29,7 +29,7 @@ from eval.probes.taps import ProbeTaps
 from eval.probes.trunk import Trunk, load_trunk
 from jigsawpp.models import CaffeAlexNet
 
-__all__ = ["LinearProbeModel", "LinearResult", "conv_trunk", "run_linear"]
+__all__ = ["LinearProbeModel", "LinearResult", "conv_trunk", "model_stamp", "run_linear"]
 
 PAPER_TABLE = {"imagenet": "table4", "places205": "table5"}
 
@@ -75,9 +75,13 @@ def _loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
     return {**probe_loss(logits, batch.labels), **_batch_accuracy(logits, batch.labels)}
 
 
-def _model_record(trunk: Trunk) -> dict[str, Any]:
-    return {"source": trunk.source, "weights_sha256": trunk.weights_sha256, "mean_bgr": list(trunk.mean_bgr),
-            "paper_method": trunk.paper_method, "conv1_stride": trunk.model.config.conv1_stride}
+def model_stamp(model_dir: str | os.PathLike[str], trunk: Trunk) -> dict[str, Any]:
+    """The stamp's "model" entry: `jigsawpp.convert.model_record` (checked by `jigsawpp verify`) and the weights."""
+    from jigsawpp.convert import model_record
+
+    return {**model_record(model_dir), "source": trunk.source, "weights_sha256": trunk.weights_sha256,
+            "mean_bgr": list(trunk.mean_bgr), "paper_method": trunk.paper_method,
+            "conv1_stride": trunk.model.config.conv1_stride}
 
 
 def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[str],
@@ -159,7 +163,7 @@ def run_linear(model_dir: str | os.PathLike[str], data_root: str | os.PathLike[s
                                                        "extraction": extraction}
         stamp = linear_stamp(cfg, dataset=dataset, counts={"train": len(train.samples), "val": len(val.samples),
                                                            "classes": num_classes},
-                             model=_model_record(trunk),
+                             model=model_stamp(model_dir, trunk),
                              taps={t: {"spec": taps.specs[t].describe(), "shape": list(taps.shapes[t]),
                                        "dims": taps.dims[t]} for t in cfg.taps},
                              cache=cache_record, device=device, world_size=world_size, iterations=result.iterations)

@@ -100,6 +100,7 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
     main, center = accuracy["fc8"], accuracy.get("fc8@view4")
     scores_path = None
     if rank == 0:
+        from eval.probes.linear import model_stamp
         from eval.probes.outputs import write_scores
         from eval.probes.provenance import nonlinear_stamp
         from jigsawpp.engine.plots import plot_training_curves
@@ -107,8 +108,7 @@ def run_nonlinear(model_dir: str | os.PathLike[str], data_root: str | os.PathLik
 
         stamp = nonlinear_stamp(cfg, dataset=dataset, counts={"train": len(train.samples), "val": len(val.samples),
                                                               "classes": num_classes},
-                                model={"source": trunk.source, "weights_sha256": trunk.weights_sha256,
-                                       "mean_bgr": list(trunk.mean_bgr), "paper_method": trunk.paper_method},
+                                model=model_stamp(model_dir, trunk),
                                 trained_layers=net.trained_layers, device=device, world_size=world_size,
                                 iterations=result.iterations)
         data = {"kind": "nonlinear_classifier", "dataset": dataset, "test_crops": cfg.test_crops,

@@ -10,18 +10,15 @@ from pathlib import Path
 import click
 
 from jigsawpp import __version__
+from jigsawpp.cli.common import OVERWRITE_HELP, StepProgress, parse_device
+from jigsawpp.cli.errors import JigsawppGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=JigsawppGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="jigsawpp")
 def main() -> None:
     """Convert the released Caffe models of Noroozi et al. (CVPR 2018) to PyTorch/ONNX and re-run the paper's
     evaluations. Start with `jigsawpp demo`."""
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    """Library errors are sentences already: show them without a traceback."""
-    return click.ClickException(str(exc))
 
 
 @main.command()
@@ -41,23 +38,27 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--allow-tower-mismatch", is_flag=True,
               help="Release zip only: convert a 9-tower caffemodel whose tower copies differ (tower 1 is used); "
                    "by default that is an error, since the weights were meant to be shared.")
-@click.option("--output", "outputs", multiple=True,
+@click.option("--output", "outputs", multiple=True, metavar="BLOB",
               help="Prototxt+caffemodel only: blob to keep as an output (repeatable); the net is pruned to what "
                    "these need.")
+@click.option("--allow-missing", is_flag=True,
+              help="Prototxt+caffemodel only: initialise layers the caffemodel has no weights for from their Caffe "
+                   "fillers (listed in manifest.json) instead of refusing, as Caffe's CopyTrainedLayersFrom does.")
 @click.option("--stage", "stages", multiple=True, metavar="NAME",
               help="Prototxt+caffemodel only: Caffe NetState stage (repeatable), as `caffe test -stage`: layers are "
                    "kept by their include/exclude rules. A DIGITS-style train/val/deploy file needs --stage deploy.")
 @click.option("--level", type=int, default=0, show_default=True,
               help="Prototxt+caffemodel only: Caffe NetState level, for min_level/max_level rules.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path | None, out_dir: Path,
             deploy: str | None, no_onnx: bool, opset: int | None, allow_tower_mismatch: bool,
-            outputs: tuple[str, ...], stages: tuple[str, ...], level: int, overwrite: bool) -> None:
+            outputs: tuple[str, ...], allow_missing: bool, stages: tuple[str, ...], level: int,
+            overwrite: bool) -> None:
     """Convert a released model zip (RELEASE.zip) or a Caffe model (--prototxt + --caffemodel)."""
     if release is not None:
-        if prototxt_path or caffemodel or outputs or stages or level:
-            raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel (with --output, --stage, "
-                                   "--level), not both.")
+        if prototxt_path or caffemodel or outputs or allow_missing or stages or level:
+            raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel (with --output, "
+                                   "--allow-missing, --stage, --level), not both.")
         _convert_release(release, out_dir, deploy=deploy, onnx=not no_onnx, opset=opset,
                          allow_tower_mismatch=allow_tower_mismatch, overwrite=overwrite)
         return
@@ -65,14 +66,10 @@ def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path |
         raise click.UsageError("give a RELEASE.zip, or both --prototxt and --caffemodel.")
     if deploy or no_onnx or opset or allow_tower_mismatch:
         raise click.UsageError("--deploy, --no-onnx, --opset and --allow-tower-mismatch apply to a RELEASE.zip only.")
-    from caffe_import import CaffeImportError
     from jigsawpp.convert import convert_caffe
 
-    try:
-        result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, stages=stages,
-                               level=level, overwrite=overwrite)
-    except (CaffeImportError, FileExistsError) as exc:
-        raise _fail(exc) from None
+    result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, stages=stages,
+                           level=level, allow_missing=allow_missing, overwrite=overwrite)
     net = result.manifest["net"]
     click.echo(f"converted {len(net['layers'])} layers ({net['n_parameters'] / 1e6:.1f} M parameters) "
                f"in {result.seconds:.1f} s -> {result.out_dir}")
@@ -83,17 +80,16 @@ def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path |
         click.echo(f"  output {name}: {shape}")
     for note in net["notes"]:
         click.echo(f"  note: {note}")
+    filled = result.manifest["weights"].get("filled")
+    if filled:
+        click.echo(f"  from fillers (--allow-missing): {', '.join(filled)}")
 
 
 def _convert_release(release: Path, out_dir: Path, **kwargs: object) -> None:
-    from jigsawpp.release import ReleaseError, convert_release
-    from jigsawpp.safezip import ArchiveError
+    from jigsawpp.release import convert_release
 
-    try:
-        manifest = convert_release(release, out_dir, progress=lambda msg: click.echo(f"… {msg}", err=True),
-                                   **kwargs)  # type: ignore[arg-type]
-    except (ReleaseError, ArchiveError, FileExistsError) as exc:
-        raise _fail(exc) from None
+    manifest = convert_release(release, out_dir, progress=lambda msg: click.echo(f"… {msg}", err=True),
+                               **kwargs)  # type: ignore[arg-type]
     name = manifest["release"]["name"] or "unknown release"
     click.echo(f"converted {release.name} ({name}) in {manifest['seconds']:.1f} s -> {out_dir}")
     for variant, entry in manifest["variants"].items():
@@ -121,13 +117,9 @@ def _convert_release(release: Path, out_dir: Path, **kwargs: object) -> None:
                                                             "unconvertible.")
 def info(release: Path, deploy: str | None, allow_tower_mismatch: bool) -> None:
     """Say what a released model zip holds, what each file was taken for, and why."""
-    from jigsawpp.release import ReleaseError, format_release_info, inspect_release
-    from jigsawpp.safezip import ArchiveError
+    from jigsawpp.release import format_release_info, inspect_release
 
-    try:
-        found = inspect_release(release, deploy, allow_tower_mismatch=allow_tower_mismatch)
-    except (ReleaseError, ArchiveError) as exc:
-        raise _fail(exc) from None
+    found = inspect_release(release, deploy, allow_tower_mismatch=allow_tower_mismatch)
     click.echo(format_release_info(found))
 
 
@@ -149,17 +141,17 @@ def info(release: Path, deploy: str | None, allow_tower_mismatch: bool) -> None:
                    "file; a converted folder reuses the stages it was converted with.")
 @click.option("--level", type=int, default=0, show_default=True,
               help="For a --model prototxt: Caffe NetState level, for min_level/max_level rules.")
+@click.option("--allow-missing", is_flag=True,
+              help="For a --model prototxt: initialise layers the caffemodel has no weights for from their Caffe "
+                   "fillers instead of refusing.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset: int | None, static: bool,
-           stages: tuple[str, ...], level: int) -> None:
-    """Export a model to ONNX and check it in onnxruntime against PyTorch."""
-    from caffe_import import CaffeImportError
+           stages: tuple[str, ...], level: int, allow_missing: bool, overwrite: bool) -> None:
+    """Export a model to ONNX and check it in onnxruntime against PyTorch (the file appears only once it passed)."""
     from jigsawpp.export import export_model
 
-    try:
-        result = export_model(model, out, caffemodel=caffemodel, variant=variant, stages=stages, level=level,
-                              opset=opset, dynamic=not static)
-    except (CaffeImportError, ValueError, KeyError, FileNotFoundError) as exc:
-        raise _fail(exc) from None
+    result = export_model(model, out, caffemodel=caffemodel, variant=variant, stages=stages, level=level,
+                          allow_missing=allow_missing, opset=opset, dynamic=not static, overwrite=overwrite)
     click.echo(f"exported {result.source} -> {result.path}")
     for label, check in result.checks.items():
         errs = ", ".join(f"{k} {v:.1e}" for k, v in check.max_rel_err.items())  # type: ignore[attr-defined]
@@ -169,42 +161,46 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Working folder for the demo's files (about 1 GB).")
+              show_default=True, help="Folder for the demo's files (about 400 MB are left; scratch such as "
+                                      "detector weights and solver snapshots goes to OUT/scratch and is removed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in weights.")
 @click.option("--no-release", is_flag=True, help="Skip the release-zip and detection parts (only the CaffeNet/OpenCV "
                                                   "check).")
-@click.option("--no-detection", is_flag=True, help="Skip the short Fast R-CNN fine-tuning step (about a minute).")
-def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool) -> None:
+@click.option("--no-detection", is_flag=True, help="Skip the short Fast R-CNN fine-tuning step (most of the time).")
+@click.option("--keep-scratch", is_flag=True, help="Keep OUT/scratch (CaffeNet caffemodel and conversion, detector "
+                                                    "weights, solver snapshots with momentum; about 2 GB).")
+@click.option("--device", default=None, help="torch device of the detection step (default: cuda if available).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_scratch: bool, device: str | None,
+         overwrite: bool) -> None:
     """Run the main job on an embedded default (no download): a release-shaped zip through info, convert, ONNX
     export and onnxruntime parity, a real photo, a CaffeNet checked against OpenCV, and a short Fast R-CNN run."""
     from tqdm import tqdm
 
-    from jigsawpp.demo import run_demo
+    from jigsawpp.demo import demo_steps, run_demo
 
-    total = 4 if no_release else (8 if no_detection else 9)
-    with tqdm(total=total, desc="demo", unit="step", leave=False) as bar:
-        def progress(message: str) -> None:
-            if message.startswith("  "):
-                bar.set_postfix_str(message.strip()[:60])
-            else:
-                if bar.n or bar.postfix:
-                    bar.update(1)
-                bar.set_description(message)
-
-        report = run_demo(out_dir, seed=seed, progress=progress, release=not no_release, detection=not no_detection)
-        bar.update(total - bar.n)
+    steps = demo_steps(release=not no_release, detection=not no_detection)
+    with tqdm(total=len(steps), desc="demo", unit="step", leave=False) as bar:
+        report = run_demo(out_dir, seed=seed, progress=StepProgress(bar, len(steps)), release=not no_release,
+                          detection=not no_detection, overwrite=overwrite, keep_scratch=keep_scratch, bars=True,
+                          device=parse_device(device))
+        bar.update(len(steps) - bar.n)
     width = max(len(step.name) for step in report.steps)
     click.echo(f"jigsawpp demo — files in {report.out_dir}\n")
     click.echo(f"  {'step':<{width}}  {'seconds':>7}  result")
     for step in report.steps:
         click.echo(f"  {step.name:<{width}}  {step.seconds:7.2f}  {step.detail}")
     click.echo(f"  {'total':<{width}}  {sum(s.seconds for s in report.steps):7.2f}")
+    scratch = (f"scratch kept in {report.scratch} ({report.scratch_mb:.0f} MB)" if report.scratch else
+               f"{report.scratch_mb:.0f} MB of scratch removed")
+    click.echo(f"\n{report.kept_mb:.0f} MB left in {report.out_dir} ({scratch}).")
 
 
 from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I001
 _register_eval(main)
 from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
 _register_voc(main)
+from jigsawpp.cli.transfer_cmds import transfer_group as _transfer; main.add_command(_transfer)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":

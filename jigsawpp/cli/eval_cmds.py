@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from jigsawpp.cli.common import OVERWRITE_HELP, parse_device, tidy_on_failure
+
 PROTOCOL_CHOICES = ("single_scale", "multiscale", "ms_train_ss_test", "fast_rcnn_default")
 
 
@@ -34,7 +36,7 @@ def _device(choice: str | None):
     import torch
 
     if choice:
-        return torch.device(choice)
+        return parse_device(choice)
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +94,8 @@ def _echo_ap(run, out: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any FastRCNNConfig key (JSON values), e.g. --set snapshot_iters=5000. Unknown keys fail.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out has checkpoints.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP + " Without it, --out must be new, empty, or an "
+                                                                 "earlier run of this command (which resumes).")
 @click.option("--caffe-test", "caffe_prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Evaluate a trained Caffe Fast R-CNN instead (its test prototxt, e.g. the bundled "
                    "fast_rcnn/CaffeNet/test.prototxt); needs --caffemodel; no training.")
@@ -99,8 +103,8 @@ def _echo_ap(run, out: Path) -> None:
               help="With --caffe-test: the trained Fast R-CNN weights.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def detection(model_dir, voc, out_dir, multiscale, ms_train_ss_test, protocol_name, iters, train_conv1, rescale,
-              proposals, mat_dir, proposal_cache, workers, device, amp, sets, no_resume, caffe_prototxt, caffemodel,
-              quiet) -> None:
+              proposals, mat_dir, proposal_cache, workers, device, amp, sets, no_resume, overwrite, caffe_prototxt,
+              caffemodel, quiet) -> None:
     """Fast R-CNN on VOC2007 as the paper ran it: fine-tune from --model's conv layers on trainval, test on test;
     writes per-class AP, mAP, PR curves, sample detections and devkit results files with a provenance stamp."""
     from eval.detection.config import protocol
@@ -127,30 +131,45 @@ def detection(model_dir, voc, out_dir, multiscale, ms_train_ss_test, protocol_na
     try:
         cfg = protocol(name, **overrides)
     except (KeyError, TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+        from jigsawpp.cli.errors import user_message
+
+        raise click.UsageError(user_message(exc)) from None
     out = out_dir or Path(f"detection_{name}")
+    if caffe_prototxt is not None and caffemodel is None:
+        raise click.UsageError("--caffe-test needs --caffemodel.")
+    if caffe_prototxt is None and model_dir is None:
+        raise click.UsageError("--model is required (or --caffe-test with --caffemodel).")
     proposal_args = {"mat_dir": mat_dir, "cache_dir": proposal_cache, "workers": workers}
     _init_distributed()
     dev = _device(device)
-    try:
+    with tidy_on_failure(out):
+        _prepare_detection_out(out, overwrite=overwrite)
         if caffe_prototxt is not None:
-            if caffemodel is None:
-                raise click.UsageError("--caffe-test needs --caffemodel.")
             from eval.detection.pipeline import evaluate_caffe_detector
 
             run = evaluate_caffe_detector(caffe_prototxt, caffemodel, voc, out, cfg, protocol_name=name,
                                           device=dev, progress=not quiet, **proposal_args)
         else:
-            if model_dir is None:
-                raise click.UsageError("--model is required (or --caffe-test with --caffemodel).")
             from eval.detection.pipeline import run_detection
 
             run = run_detection(model_dir, voc, out, cfg, protocol_name=name, device=dev, resume=not no_resume,
                                 progress=not quiet, **proposal_args)
-    except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
-        raise click.ClickException(str(exc)) from None
     if run.ap is not None:  # rank 0 only
         _echo_ap(run, out)
+
+
+RUN_MARKER = "config.json"  # every `eval detection` output folder has it from the start of its run
+
+
+def _prepare_detection_out(out: Path, *, overwrite: bool) -> None:
+    """The output-folder policy for a resumable command: new, empty, an earlier run of this command (resumed), or
+    anything with --overwrite; a folder that is none of these is refused before any work."""
+    from jigsawpp.outputs import OutputDirError, prepare_output_dir
+
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not (out / RUN_MARKER).is_file():
+        raise OutputDirError(f"--out: {out} is not empty and is not an `eval detection` output folder (no "
+                             f"{RUN_MARKER}); choose another folder or pass --overwrite to replace its content.")
+    prepare_output_dir(out, overwrite=overwrite, resume=True, what="--out")
 
 
 @eval_group.command("score-detections")
@@ -163,10 +182,7 @@ def score_detections_cmd(voc: Path, split: str, results_dir: Path) -> None:
     """Score devkit-format detection results with the VOC2007 devkit's metric; writes RESULTS/scores.json."""
     from eval.detection.pipeline import score_results_dir
 
-    try:
-        ap, path = score_results_dir(voc, split, results_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    ap, path = score_results_dir(voc, split, results_dir)
     for c in ap.class_names:
         value = ap.per_class[c]
         click.echo(f"{c:<12} {value * 100:5.1f}" if value == value else f"{c:<12}     -")
@@ -176,26 +192,25 @@ def score_detections_cmd(voc: Path, split: str, results_dir: Path) -> None:
 
 @click.command("verify")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Converted model folder; its manifest names the paper's row.")
+              help="Converted model folder the results were computed from; its manifest names the paper's row, and "
+                   "its sha256 must match the one recorded in each result.")
 @click.option("--results", "results", multiple=True, required=True,
               type=click.Path(exists=True, path_type=Path),
-              help="`jigsawpp eval detection` output folder or a scores.json (repeatable).")
+              help="`jigsawpp eval ...` output folder or a scores.json (repeatable).")
 @click.option("--method", default=None, help="Paper row to compare with when the manifest does not name one "
-                                             "(e.g. 'CC+Jigsaw++').")
+                                             "(e.g. 'CC+Jigsaw++'); an unknown name is refused with the list.")
 def verify_cmd(model_dir: Path, results: tuple[Path, ...], method: str | None) -> None:
-    """Print measured numbers beside the paper's Table 3 for this model, with every protocol deviation."""
+    """Print measured numbers beside the paper's tables for this model, with every protocol deviation; results of
+    another model are refused, and results on other data than the paper's are marked not comparable (n/c)."""
     from eval.verify import verify
 
-    try:
-        method, rows = verify(model_dir, results, method=method)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    method, rows = verify(model_dir, results, method=method)
     click.echo(f"paper row: {method or '(unknown: pass --method)'}")
     click.echo(f"{'table':<7} {'column':<13} {'measured':>8} {'paper':>6} {'diff':>6}  protocol")
     for r in rows:
         measured = f"{r.measured:8.1f}" if r.measured is not None else f"{'-':>8}"
         paper = f"{r.paper:6.1f}" if r.paper is not None else f"{'-':>6}"
-        diff = f"{r.difference:+6.1f}" if r.difference is not None else f"{'':>6}"
+        diff = f"{r.difference:+6.1f}" if r.difference is not None else f"{'' if r.comparable else 'n/c':>6}"
         click.echo(f"{r.table:<7} {r.column:<13} {measured} {paper} {diff}  {r.protocol}")
         for d in r.deviations:
             click.echo(f"{'':<38}  differs: {d}")

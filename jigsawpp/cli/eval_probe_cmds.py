@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from jigsawpp.cli.common import OVERWRITE_HELP, parse_device
 from jigsawpp.cli.eval_cmds import _parse_sets
 
 TAPS_HELP = "conv1,conv2,conv3,conv4,conv5 (Tables 4/5); pool1, pool2, pool5 also exist with --resize bilinear"
@@ -26,6 +27,7 @@ def _fmt(value: float | None) -> str:
 def _start(device: str | None):
     from jigsawpp.engine.distributed import init_distributed, resolve_device
 
+    parse_device(device)  # a malformed --device is a usage error, before anything starts
     init_distributed()
     return resolve_device(device)
 
@@ -58,7 +60,7 @@ def _start(device: str | None):
               help="Override any LinearProbeConfig key (JSON values), e.g. --set base_lr=0.02 "
                    "--set 'stepvalues=[1000,2000]'. Unknown keys fail.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out has checkpoints.")
-@click.option("--overwrite", is_flag=True, help="Empty a non-empty --out folder first.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def linear_cmd(model_dir, data_root, dataset, out_dir, taps, resize, ten_crop, iters, cache_dir, cache_views, device,
                amp, workers, sets, no_resume, overwrite, quiet) -> None:
@@ -125,7 +127,7 @@ def linear_cmd(model_dir, data_root, dataset, out_dir, taps, resize, ten_crop, i
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any NonlinearConfig key (JSON values), e.g. --set batch_size=128. Unknown keys fail.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out has checkpoints.")
-@click.option("--overwrite", is_flag=True, help="Empty a non-empty --out folder first.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def nonlinear_cmd(model_dir, data_root, dataset, freeze_upto, out_dir, iters, center_crop, device, amp, workers, sets,
                   no_resume, overwrite, quiet) -> None:

@@ -98,21 +98,50 @@ def test_every_command_has_help():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    from jigsawpp.demo import run_demo
+    from jigsawpp.demo import SCRATCH, DetectionSettings, demo_steps, run_demo
+    from jigsawpp.safezip import SafeZip
 
     messages: list[str] = []
-    # the detection step (step 5) is the same loop tests/eval/detection/test_end_to_end.py checks at length
-    report = run_demo(tmp_path / "demo", progress=messages.append, detection=False)
+    out = tmp_path / "demo"
+    # every step, the detection one with the demo's own scaled-down Fast R-CNN for 2 iterations on one photo
+    report = run_demo(out, progress=messages.append, detection_settings=DetectionSettings(iterations=2,
+                                                                                            all_photos=False))
     names = [step.name for step in report.steps]
-    assert names == ["build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
-                     "transfer model on a real photo", "write seeded caffemodel", "convert (caffe_import)",
-                     "load + run on a real photo", "parity vs OpenCV 4.x"]
+    assert names == demo_steps() == [
+        "build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
+        "transfer model on a real photo", "write seeded caffemodel", "convert (caffe_import)",
+        "load + run on a real photo", "parity vs OpenCV 4.x", "detection fine-tune (packaged VOC photos)"]
+    assert [m for m in messages if not m.startswith("  ")] == names  # each label announced as its step starts
     assert report.results["onnx_rel_err_transfer_conv1s4"] < 1e-4
     assert report.results["onnx_rel_err_pretext_conv1s2"] < 1e-4
     assert report.results["photo_transfer_onnx_rel_err"] < 1e-4
     assert report.results["conv5_shape"] == [1, 256, 13, 13]
     assert report.results["opencv_rel_conv5"] < 1e-4
-    converted = tmp_path / "demo" / "jigsawpp_converted"
+    converted = out / "jigsawpp_converted"
     assert {p.name for p in converted.iterdir()} >= {"manifest.json", "pretext_conv1s2", "transfer_conv1s4",
                                                       "pseudo_labels"}
     assert any(m.startswith("  ") for m in messages)  # sub-step progress from the converter
+    with SafeZip(out / "jigsawpp.zip") as archive:
+        assert report.results["zip_files"] == len(archive.members)
+        assert f"{len(archive.members)} files" in report.steps[0].detail
+
+    # detection: scores before and after, and one picture per image with the ground truth beside the detections
+    images = (out / "sample_voc" / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    for run in ("before", "after"):
+        kept = out / f"detection_{run}"
+        assert {p.name for p in kept.iterdir()} == {"scores.json", "pr_curves.png", "config.json", "results",
+                                                    "detections"} | ({"train_log.jsonl"} if run == "after" else set())
+        assert sorted(p.stem for p in (kept / "detections").iterdir()) == sorted(images)
+        assert report.results[f"detection_pictures_{run}"] == len(images)
+    scores = json.loads((out / "detection_after" / "scores.json").read_text())
+    assert scores["provenance"]["fast_rcnn"]["iterations"] == 2
+    assert report.results["detection_map_after"] == scores["map_11point"]
+
+    # what is left: no scratch, no weights or snapshots, under 500 MB, sizes in MB
+    assert not (out / SCRATCH).exists() and report.scratch is None and report.scratch_mb > 500
+    left = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert not [p for p in out.rglob("*") if p.suffix in (".caffemodel", ".pt") or p.name == "checkpoints"]
+    assert left < 500e6 and report.kept_mb == pytest.approx(left / 1e6, rel=0.01)
+    saved = json.loads((out / "demo_report.json").read_text())
+    assert [s["name"] for s in saved["steps"]] == names and saved["kept_mb"] == pytest.approx(report.kept_mb, abs=0.1)
+    assert "MiB" not in "".join(step.detail for step in report.steps)

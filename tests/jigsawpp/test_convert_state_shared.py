@@ -74,7 +74,7 @@ def test_digits_style_file_converts_and_exports_with_its_stage(tmp_path):
     assert wrong.exit_code == 1 and "converted with stages ['deploy'] and level 0" in wrong.output
     assert "Traceback" not in wrong.output
     for args in (["--model", str(out)], ["--model", str(prototxt), "--caffemodel", str(weights), "--stage", "deploy"]):
-        exported = runner.invoke(main, ["export", *args, "--out", str(tmp_path / "tiny.onnx")])
+        exported = runner.invoke(main, ["export", *args, "--out", str(tmp_path / "tiny.onnx"), "--overwrite"])
         assert exported.exit_code == 0, exported.output
         assert "onnxruntime vs PyTorch on the export input" in exported.output
     release_flags = runner.invoke(main, ["convert", str(weights), "--out", str(tmp_path / "r"), "--stage", "deploy"])

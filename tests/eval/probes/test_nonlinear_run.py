@@ -32,8 +32,6 @@ def test_small_run(caffenet_dir, probe_data, tmp_path):
     scores = json.loads(result.scores_path.read_text())
     assert scores["kind"] == "nonlinear_classifier" and set(scores["top1"]) == {"conv3"}
     assert scores["provenance"]["frozen_layers"] == ["conv1", "conv2", "conv3"]
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "manifest.json").write_text(json.dumps({"paper": {"method": "Jigsaw++"}}))
-    _, rows = verify(tmp_path / "model", [tmp_path / "out"])
+    _, rows = verify(caffenet_dir, [tmp_path / "out"], method="Jigsaw++")
     assert rows[0].column == "conv3" and rows[0].paper is None  # a folder data set has no paper cell
     assert any(d.startswith("unverified protocol") for d in rows[0].deviations)

@@ -1,0 +1,80 @@
+"""Helpers shared by the commands: leaving nothing behind when a command fails, the output-folder checks of
+`jigsawpp.outputs` applied before any work starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["OVERWRITE_HELP", "StepProgress", "parse_device", "tidy_on_failure"]
+
+OVERWRITE_HELP = "Replace an existing non-empty output (without this flag it is refused before any work starts)."
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None when `path` exists)."""
+    missing = None
+    for candidate in (path, *path.absolute().parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
+
+
+def _holds_no_file(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if files:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def tidy_on_failure(*paths: str | os.PathLike[str]) -> Iterator[None]:
+    """Remove, when the block raises, the folders it created for `paths` (and their new parents) if they hold no
+    file, so that a refused command leaves nothing behind while a long run that failed late keeps what it wrote
+    (checkpoints to resume from)."""
+    created = [m for m in (_first_missing(Path(p)) for p in paths) if m is not None]
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            if folder.is_dir() and not folder.is_symlink() and _holds_no_file(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+class StepProgress:
+    """A progress callback (`jigsawpp.demo.run_demo`'s `progress`) driving a tqdm bar over named steps: a line is
+    a step starting (the bar counts the steps finished and is labelled with the running one), a line starting with
+    two spaces a sub-step (shown after the bar)."""
+
+    def __init__(self, bar, total: int, *, label: str = "demo") -> None:  # bar: tqdm.tqdm
+        self.bar, self.total, self.label, self.started = bar, total, label, 0
+
+    def __call__(self, message: str) -> None:
+        if message.startswith("  "):
+            self.bar.set_postfix_str(message.strip()[:60])
+            return
+        if self.started:
+            self.bar.update(1)  # the previous step is done
+        self.started += 1
+        self.bar.set_description(f"{self.label} {self.started}/{self.total}: {message}")
+        self.bar.set_postfix_str("")
+
+
+def parse_device(value: str | None, *, flag: str = "--device"):
+    """`value` as a torch.device (None stays None); a string torch does not accept is a usage error naming `flag`."""
+    if value is None:
+        return None
+    import click
+    import torch
+
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise click.BadParameter(f"{value!r} is not a torch device ({' '.join(str(exc).split())}); use e.g. cpu, "
+                                 "cuda or cuda:1.", param_hint=flag) from None
