@@ -24,11 +24,15 @@ def _fmt(value: float | None) -> str:
     return f"{value:6.1f}" if value is not None else f"{'-':>6}"
 
 
-def _start(device: str | None):
-    from jigsawpp.engine.distributed import init_distributed, resolve_device
+def _start(device: str | None, out: Path, *, overwrite: bool, resume: bool, what: str):
+    """The device, after refusing a malformed --device and an unusable --out before any work starts."""
+    from jigsawpp.engine.distributed import init_distributed, is_main, resolve_device
+    from jigsawpp.outputs import prepare_output_dir
 
-    parse_device(device)  # a malformed --device is a usage error, before anything starts
+    parse_device(device)
     init_distributed()
+    if is_main():
+        prepare_output_dir(out, overwrite=overwrite, what=what, resume=resume)
     return resolve_device(device)
 
 
@@ -81,9 +85,9 @@ def linear_cmd(model_dir, data_root, dataset, out_dir, taps, resize, ten_crop, i
     from eval.probes.linear import run_linear
 
     try:
-        dev = _start(device)
+        dev = _start(device, out_dir, overwrite=overwrite, resume=not no_resume, what="linear probe output")
         result = run_linear(model_dir, data_root, out_dir, cfg, dataset=dataset, cache_dir=cache_dir, device=dev,
-                            workers=workers, resume=not no_resume, overwrite=overwrite, progress=not quiet)
+                            workers=workers, resume=not no_resume, progress=not quiet)
     except _user_errors() as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     if result.scores_path is None:
@@ -147,9 +151,9 @@ def nonlinear_cmd(model_dir, data_root, dataset, freeze_upto, out_dir, iters, ce
     from eval.probes.nonlinear import run_nonlinear
 
     try:
-        dev = _start(device)
+        dev = _start(device, out_dir, overwrite=overwrite, resume=not no_resume, what="nonlinear classifier output")
         result = run_nonlinear(model_dir, data_root, out_dir, cfg, dataset=dataset, device=dev, workers=workers,
-                               resume=not no_resume, overwrite=overwrite, progress=not quiet)
+                               resume=not no_resume, progress=not quiet)
     except _user_errors() as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     if result.scores_path is None or result.accuracy is None:
