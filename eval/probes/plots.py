@@ -19,7 +19,7 @@ def plot_layer_accuracy(measured: Mapping[str, float], png: str | os.PathLike[st
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.engine.plots import save_figure
 
     layers = list(measured)
     x = np.arange(len(layers))
@@ -40,13 +40,4 @@ def plot_layer_accuracy(measured: Mapping[str, float], png: str | os.PathLike[st
     ax.set_ylim(0, max([100.0 if max(measured.values(), default=0) > 60 else 60.0]))
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    png = Path(png)
-    fd, tmp = atomic_path(png)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, png)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return png
+    return save_figure(fig, png, dpi=110)
