@@ -33,7 +33,8 @@ setup(
         "scipy>=1.10",       # reads the original selective-search .mat proposal files (scipy.io.loadmat)
     ],
     extras_require={
-        "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5"],
+        # scikit-image: real photos in its wheel (skimage.data) for the image-reading and dataset tests
+        "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5", "scikit-image>=0.21"],
     },
     entry_points={"console_scripts": ["jigsawpp=jigsawpp.cli:main"]},
 )

@@ -86,38 +86,46 @@ def _model(seed: int = 0):
     return build_detector(ConvWeights(tensors=tensors, source="seeded He weights"), seed=seed)
 
 
-def time_training(cfg, entries, device, iters: int) -> float:
-    """Median seconds per SGD step (data loading included, as fast-rcnn's step includes its Python data layer)."""
+def time_training(cfg, entries, device, iters: int, *, precision: str | None = None,
+                  warmup: int = 3) -> tuple[float, float]:
+    """(median seconds per SGD step, last loss). Data loading is included, as fast-rcnn's step includes its Python
+    data layer. `precision`: "fp32", "bf16" or "fp16" autocast (fp16 with loss scaling); default from ``cfg.amp``."""
     import torch
 
     from eval.detection.model import fast_rcnn_loss
     from eval.detection.sampling import RoiSampler, load_minibatch
     from eval.detection.solver import CaffeSGD
 
+    precision = precision or ("bf16" if cfg.amp else "fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = _model().to(device).train()
     specs = model.param_specs(freeze_conv1=cfg.freeze_conv1)
     for s in specs:
         s.parameter.requires_grad_(s.lr_mult != 0)
     optimizer = CaffeSGD(specs, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     sampler = RoiSampler(entries, cfg)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    times = []
-    for step in range(iters + 3):
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    times, loss_value = [], float("nan")
+    for step in range(iters + warmup):
         _sync(device)
         start = time.perf_counter()
         batch = load_minibatch(sampler.next_plan(), entries, cfg).to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             out = model(batch.data, batch.rois)
-        fast_rcnn_loss(out, batch.labels, batch.bbox_targets, batch.bbox_weights).total.backward()
-        optimizer.step(cfg.base_lr)
+        loss = fast_rcnn_loss(out, batch.labels, batch.bbox_targets, batch.bbox_weights).total
+        scaler.scale(loss).backward()
+        scaler.step(optimizer, cfg.base_lr)
+        scaler.update()
         _sync(device)
-        if step >= 3:  # warm-up: allocator, cuDNN autotuning
+        loss_value = loss.item()
+        if step >= warmup:  # warm-up: allocator, cuDNN autotuning
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), loss_value
 
 
-def time_testing(cfg, path: Path, proposals, device, images: int) -> float:
+def time_testing(cfg, path: Path, proposals, device, images: int, *, warmup: int = 2) -> float:
     """Median seconds per image: read, pyramid, forward, decode, per-class top 100 and NMS 0.3."""
     import torch
 
@@ -129,14 +137,14 @@ def time_testing(cfg, path: Path, proposals, device, images: int) -> float:
     entry = build_entry(image_id="photo", image_path=str(path), width=500, height=375, gt_boxes=[],
                         gt_classes=[], proposals=proposals)
     times = []
-    for k in range(images + 2):
+    for k in range(images + warmup):
         _sync(device)
         start = time.perf_counter()
         for dets in image_candidates(model, entry, cfg, device=device)[1:]:
             t = torch.from_numpy(dets)
             nms(t[:, :4], t[:, 4], cfg.test_nms)
         _sync(device)
-        if k >= 2:
+        if k >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         for scale, proto in (("single", "single_scale"), ("multi", "multiscale")):
             cfg = protocol(proto, amp=args.amp)
             entries, _, proposals = _roidb(path, cfg)
-            train = time_training(cfg, entries, device, args.iters)
+            train, _ = time_training(cfg, entries, device, args.iters)
             test = time_testing(cfg, path, proposals, device, args.images)
             rows.append((scale, cfg, train, test))
     print(f"Fast R-CNN CaffeNet speed on {name}{' with bfloat16 autocast' if args.amp else ''} "

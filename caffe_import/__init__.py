@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from caffe_import.errors import CaffeImportError, CaffeImportWarning
-from caffe_import.graph import Graph, Layer, build_graph
+from caffe_import.graph import Graph, Layer, NetState, build_graph
 from caffe_import.layers import register, register_python, supported_types
 from caffe_import.net import CaffeNet
 from caffe_import.onnx_export import check_onnx, export_onnx
@@ -24,7 +24,7 @@ from caffe_import.weights import WeightReport, load_weights
 from caffe_import.writer import save_caffemodel
 
 __all__ = [
-    "CaffeImportError", "CaffeImportWarning", "CaffeNet", "Graph", "Layer", "WeightReport", "build_graph",
+    "CaffeImportError", "CaffeImportWarning", "CaffeNet", "Graph", "Layer", "NetState", "WeightReport", "build_graph",
     "check_onnx", "export_onnx", "load", "load_weights", "read_caffemodel", "read_caffemodel_arrays", "read_prototxt",
     "read_prototxt_string", "register", "register_python", "save_caffemodel", "supported_types",
 ]
@@ -45,6 +45,8 @@ def load(
     outputs: Iterable[str] | None = None,
     inputs: Mapping[str, Sequence[int]] | None = None,
     phase: str = "TEST",
+    stages: Sequence[str] = (),
+    level: int = 0,
     strict: bool = False,
     allow_missing: bool = False,
     seed: int | None = 0,
@@ -59,11 +61,18 @@ def load(
             can then be left out) and these become the outputs. Default: tops no later layer consumes.
         inputs: extra input blobs {name: shape} that cut the net there (turns a train_val net into a deploy net).
         phase: "TEST" (default) or "TRAIN" include/exclude rules.
+        stages, level: the rest of Caffe's NetState, as `caffe.Net(prototxt, phase, level=, stages=)` takes them:
+            a layer's include/exclude rules are evaluated against (phase, level, stages), the stages being added to
+            the file's own `state { stage }`. A DIGITS-style prototxt (train, val and deploy in one file) loads as
+            its deploy net with `stages=["deploy"]`.
         strict: unused caffemodel layers with weights become an error instead of a note.
-        allow_missing: layers missing from the caffemodel are filled by their fillers instead of raising.
+        allow_missing: blobs missing from the caffemodel are filled by their fillers instead of raising (a shared
+            param stored under any of its layers is not missing, and is never overwritten by a filler).
+
+    `net.weight_report` says what was loaded, filled and shared (`WeightReport`); `net.graph.state` the NetState.
     """
     net_param, source = _as_net(prototxt, read_prototxt)
-    graph = build_graph(net_param, phase=phase, outputs=outputs,
+    graph = build_graph(net_param, phase=phase, stages=stages, level=level, outputs=outputs,
                         inputs={k: tuple(v) for k, v in (inputs or {}).items()}, source=source)
     net = CaffeNet(graph)
     if caffemodel is None:

@@ -8,8 +8,13 @@ converters see clean bottoms/tops and a consumer listed before an in-place layer
 Caffe itself refuses one such case ("Top blob 'conv' produced by multiple sources"): an in-place layer on a blob
 that another layer already consumed. We accept it with OpenCV's reading and warn.
 
-Phase rules follow `Net::StateMeetsRule` / `FilterNet`: a layer with `include` rules is kept when any rule
-matches the net state, and dropped when any `exclude` rule matches.
+NetState rules follow BVLC `src/caffe/net.cpp` (`Net::FilterNet`, `Net::StateMeetsRule`, at c9f71bd): a rule is met
+when the state has the rule's phase (if set), min_level <= level <= max_level (each if set), every `stage` and no
+`not_stage`; a layer with `include` rules is kept when any of them is met, a layer with `exclude` rules when none
+is, a layer with neither always. The state is built as `Net(param_file, phase, level, stages)` builds it (the
+constructor pycaffe's `caffe.Net(prototxt, phase, level=, stages=)` and the `caffe` tool's `-level`/`-stage` call):
+phase and level replace those of the file's own `state { }` message, and the given stages are *added* to its
+`state { stage }` entries.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+
+from google.protobuf import text_format
 
 from caffe_import.errors import CaffeImportError, CaffeImportWarning
 from caffe_import.proto import caffe_pb2
@@ -52,6 +59,43 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class NetState:
+    """The state a net is filtered with (Caffe's `NetState` message): phase "TEST"/"TRAIN", level, stages."""
+
+    phase: str = "TEST"
+    level: int = 0
+    stages: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"phase {self.phase}, level {self.level}, stages {list(self.stages)}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"phase": self.phase, "level": self.level, "stages": list(self.stages)}
+
+
+def net_state(net: caffe_pb2.NetParameter, *, phase: str = "TEST", level: int = 0, stages: Sequence[str] = (),
+              source: str = "<net>") -> NetState:
+    """The state `Net(param_file, phase, level, stages)` filters `net` with: `phase` and `level` replace the file's
+    `state { phase level }`, `stages` are appended to its `state { stage }` (BVLC net.cpp, Net constructor)."""
+    if phase not in ("TEST", "TRAIN"):
+        raise CaffeImportError(f"{source}: phase must be 'TEST' or 'TRAIN', not {phase!r}.")
+    if isinstance(stages, str) or not all(isinstance(s, str) and s for s in stages):
+        raise CaffeImportError(
+            f"{source}: stages must be a list of non-empty stage names such as ['deploy'], not {stages!r}.")
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise CaffeImportError(f"{source}: level must be an integer (Caffe NetState.level), not {level!r}.")
+    merged = tuple(dict.fromkeys([*net.state.stage, *stages]))
+    return NetState(phase=phase, level=int(level), stages=merged)
+
+
+def describe_rules(layer: caffe_pb2.LayerParameter) -> str:
+    """The layer's include/exclude rules as prototxt text, e.g. `include { stage: "deploy" }`."""
+    parts = [f"{kind} {{ {text_format.MessageToString(rule, as_one_line=True)} }}"
+             for kind in ("include", "exclude") for rule in getattr(layer, kind)]
+    return " ".join(parts) or "no rules"
+
+
+@dataclass(frozen=True)
 class Graph:
     """Layers in file order plus the SSA bookkeeping the runtime needs."""
 
@@ -62,6 +106,8 @@ class Graph:
     outputs: tuple[str, ...]                # Caffe blob names of net outputs
     final_version: dict[str, str]           # Caffe blob name -> SSA name of its last version
     notes: tuple[str, ...] = field(default=())
+    state: NetState = field(default=NetState())   # what the include/exclude rules were evaluated against
+    source: str = "<net>"                           # the prototxt it came from, for messages
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -82,11 +128,16 @@ def _rule_met(rule: caffe_pb2.NetStateRule, phase: int, level: int, stages: Sequ
     return not any(stage in stages for stage in rule.not_stage)
 
 
+def _both_rules(layer: caffe_pb2.LayerParameter) -> str:
+    return (f"layer '{layer.name}' specifies both include and exclude rules, which Caffe refuses ('Specify either "
+            "include rules or exclude rules; not both'); keep only one kind.")
+
+
 def layer_included(layer: caffe_pb2.LayerParameter, phase: str, level: int = 0, stages: Sequence[str] = ()) -> bool:
-    """Caffe's `Net::FilterNet` decision for one layer."""
+    """Caffe's `Net::FilterNet` decision for one layer in the state (phase, level, stages)."""
     phase_value = caffe_pb2.Phase.Value(phase)
     if len(layer.include) and len(layer.exclude):
-        raise CaffeImportError(f"layer '{layer.name}' specifies both include and exclude rules; Caffe refuses that.")
+        raise CaffeImportError(_both_rules(layer))
     if len(layer.include):
         return any(_rule_met(rule, phase_value, level, stages) for rule in layer.include)
     return not any(_rule_met(rule, phase_value, level, stages) for rule in layer.exclude)
@@ -109,13 +160,14 @@ def build_graph(
     stages: Sequence[str] = (),
     source: str = "<net>",
 ) -> Graph:
-    """Filter by phase, drop data/loss layers, SSA-rename, and prune to `outputs` (Caffe blob names) if given.
+    """Filter by NetState rules, drop data/loss layers, SSA-rename, and prune to `outputs` (Caffe blob names).
 
+    `phase`, `level` and `stages` select layers by their include/exclude rules exactly as Caffe does (module
+    docstring): a DIGITS-style file holding train, val and deploy layers loads as deploy with `stages=["deploy"]`.
     `inputs` declares extra input blobs (name -> shape), cutting the net there: this turns a train_val net into a
     deploy one (e.g. declare `data_1` of the Jigsaw++ training net as an input to skip its data pipeline).
     """
-    if phase not in ("TEST", "TRAIN"):
-        raise CaffeImportError(f"phase must be 'TEST' or 'TRAIN', not {phase!r}.")
+    state = net_state(net, phase=phase, level=level, stages=stages, source=source)
     declared = dict(inputs or {})
     notes: list[str] = []
     version: dict[str, str] = {}           # Caffe blob -> current SSA name
@@ -137,8 +189,12 @@ def build_graph(
         input_shapes[name] = tuple(int(d) for d in shape)
 
     seen_names: set[str] = set()
+    left_out: dict[str, caffe_pb2.LayerParameter] = {}   # Caffe blob -> a layer the rules left out that makes it
     for lp in net.layer:
-        if not layer_included(lp, phase, level, stages):
+        if len(lp.include) and len(lp.exclude):
+            raise CaffeImportError(f"{source}: {_both_rules(lp)}")
+        if not layer_included(lp, state.phase, state.level, state.stages):
+            left_out.update({top: lp for top in lp.top if top not in version})
             continue
         if lp.name in seen_names:
             raise CaffeImportError(f"{source}: two layers are named '{lp.name}'; Caffe matches weights by layer name.")
@@ -172,6 +228,14 @@ def build_graph(
                 )
                 unavailable.update(lp.top)
                 continue
+            producer = left_out.get(missing[0])
+            if producer is not None:
+                raise CaffeImportError(
+                    f"{source}: layer '{lp.name}' ({lp.type}) reads bottom '{missing[0]}', which only layer "
+                    f"'{producer.name}' makes, and its rules ({describe_rules(producer)}) leave it out for "
+                    f"{state.describe()}; pass the phase, stages or level that select it (stages=[...], level= "
+                    "here; --stage, --level on the command line)."
+                )
             raise CaffeImportError(
                 f"{source}: layer '{lp.name}' ({lp.type}) reads bottom '{missing[0]}', which no earlier layer or "
                 "input produces (Caffe: 'Unknown bottom blob')."
@@ -214,15 +278,16 @@ def build_graph(
             if final_version[blob] == ssa and blob not in out_blobs:
                 out_blobs.append(blob)
         if not out_blobs:
-            raise CaffeImportError(f"{source}: the net has no output blobs after dropping data/loss layers.")
+            raise CaffeImportError(f"{source}: the net has no output blobs after dropping data/loss layers for "
+                                   f"{state.describe()}; name the blobs you want with outputs=[...].")
         graph_layers, graph_inputs = tuple(kept), tuple(input_names)
     else:
         out_blobs = list(outputs)
         unknown = [b for b in out_blobs if b not in final_version]
         if unknown:
             raise CaffeImportError(
-                f"{source}: requested output blob(s) {unknown} do not exist in the {phase} graph; known blobs: "
-                f"{sorted(final_version)}."
+                f"{source}: requested output blob(s) {unknown} do not exist in the graph for {state.describe()}; "
+                f"known blobs: {sorted(final_version)}."
             )
         graph_layers = _prune(kept, {final_version[b] for b in out_blobs})
         needed_inputs = {b for layer in graph_layers for b in layer.bottoms} | {final_version[b] for b in out_blobs}
@@ -240,6 +305,8 @@ def build_graph(
         outputs=tuple(out_blobs),
         final_version=final_version,
         notes=tuple(notes),
+        state=state,
+        source=source,
     )
 
 

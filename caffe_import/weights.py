@@ -2,8 +2,9 @@
 
 Caffe's `Net::CopyTrainedLayersFrom` (BVLC `src/caffe/net.cpp`) matches layers by name, requires the blob count
 and shapes to match, and ignores caffemodel layers the net does not have. We do the same, but say what happened:
-every blob is consumed once and every shape asserted; a net layer without weights is an error unless
-`allow_missing`; unused caffemodel layers are reported (an error with `strict=True`).
+every shape is asserted; a net blob without weights is an error unless `allow_missing`; unused caffemodel layers
+are reported (an error with `strict=True`). Shared params (`param { name }`) are one blob in Caffe, so they load
+from whichever sharing layer stores them, the copy last in the file winning (see `load_weights`).
 
 Shape matching follows `Blob::ShapeEquals`: blobs written before `BlobShape` existed carry the legacy 4-D
 num/channels/height/width, compared to the expected shape padded with leading 1s (so an InnerProduct weight
@@ -23,17 +24,26 @@ import numpy as np
 import torch
 
 from caffe_import.errors import CaffeImportError, CaffeImportWarning
+from caffe_import.fillers import fill
+from caffe_import.net import _materialize_meta
 from caffe_import.proto import caffe_pb2
 
 
 @dataclass
 class WeightReport:
-    """What `load_weights` did, for manifests and for users wondering why a layer was not loaded."""
+    """What `load_weights` did, for manifests and for users wondering why a layer was not loaded.
 
-    loaded: dict[str, int] = field(default_factory=dict)          # layer -> number of blobs bound
+    Blob names read "<layer>.<attr>" (`conv1.weight`). A shared param (`param { name }`) is one tensor, so its
+    entry in `shared` says which caffemodel copy it holds; a layer absent from the caffemodel whose every blob is
+    such a shared param is listed in `shared_only`, not as missing.
+    """
+
+    loaded: dict[str, int] = field(default_factory=dict)          # layer -> blobs read from its caffemodel entry
     unused: list[str] = field(default_factory=list)               # caffemodel layers with blobs the net lacks
-    filled: list[str] = field(default_factory=list)               # net layers initialised by fillers instead
+    filled: list[str] = field(default_factory=list)               # blobs initialised by fillers ("layer.attr")
     double_data: list[str] = field(default_factory=list)          # layers whose blobs came from double_data
+    shared: dict[str, dict] = field(default_factory=dict)         # param name -> layers, stored_by, value_from
+    shared_only: list[str] = field(default_factory=list)          # layers not in the caffemodel, served by sharing
     shared_mismatch: dict[str, float] = field(default_factory=dict)  # param name -> max |diff| between copies
 
 
@@ -92,13 +102,23 @@ def _bind(module, attr: str, target: torch.Tensor, values: torch.Tensor) -> None
         module._buffers[attr] = values
 
 
-def _layers_with_blobs(weights: caffe_pb2.NetParameter) -> dict[str, caffe_pb2.LayerParameter]:
-    """Caffemodel layers by name; a repeated name keeps its last layer, as Caffe's CopyTrainedLayersFrom does."""
+def _layers_with_blobs(weights: caffe_pb2.NetParameter) -> tuple[dict[str, caffe_pb2.LayerParameter], dict[str, int]]:
+    """Caffemodel layers with blobs by name, and the position of each; a repeated name keeps its last layer, as
+    Caffe's CopyTrainedLayersFrom (which copies every one in file order) ends up with."""
     by_name: dict[str, caffe_pb2.LayerParameter] = {}
-    for lp in weights.layer:
+    position: dict[str, int] = {}
+    for i, lp in enumerate(weights.layer):
         if len(lp.blobs):
             by_name[lp.name] = lp
-    return by_name
+            position[lp.name] = i
+    return by_name, position
+
+
+@dataclass
+class _Copy:
+    position: int           # index of the caffemodel layer the copy came from (later copies overwrite earlier ones)
+    layer: str
+    values: np.ndarray
 
 
 def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, allow_missing: bool = False,
@@ -106,80 +126,114 @@ def load_weights(net, weights: caffe_pb2.NetParameter, *, strict: bool = False, 
                  ) -> WeightReport:
     """Copy `weights` (an upgraded caffemodel NetParameter) into `net` (a materialised or meta `CaffeNet`).
 
+    Reproduces BVLC `Net::CopyTrainedLayersFrom` (`src/caffe/net.cpp` at c9f71bd): caffemodel layers are matched to
+    net layers by name, each blob's shape must equal the net layer's own blob shape, and copies are written in
+    caffemodel order into the net's blobs. A shared param is one blob, so it holds the copy of the caffemodel layer
+    that comes last in the file, whichever of its layers (owner or sharer) stored it; a sharer absent from the
+    caffemodel simply uses it. A blob that no caffemodel layer provides is an error naming its layer, unless
+    `allow_missing`: then it gets its Caffe filler (for a shared param, its owner's filler), and a loaded blob is
+    never overwritten by a filler.
+
     `lifted`: blob data that `read_caffemodel_arrays` took out of `weights`, by (layer name, blob index).
+    Raises CaffeImportError for blob count/shape mismatches, missing layers, and (with `strict`) unused layers.
     """
-    by_name = _layers_with_blobs(weights)
+    by_name, position = _layers_with_blobs(weights)
     lifted = lifted or {}
     report = WeightReport()
-    used: set[str] = set()
-    missing: list[str] = []
-    first_copy: dict[str, tuple[str, np.ndarray]] = {}
+    copies: dict[tuple[str, str], list[_Copy]] = {}   # (owner layer, attr) -> copies read for that blob
     with torch.no_grad():
         for layer in net.layers_with_shapes:
             module = net.module_of(layer.name)
             names = module.caffe_blobs
-            if not names:
-                continue
             lp = by_name.get(layer.name)
-            if lp is None:
-                missing.append(layer.name)
+            if not names or lp is None:
                 continue
-            used.add(layer.name)
             if len(lp.blobs) != len(names):
                 raise CaffeImportError(
                     f"{source}: {layer.where()} has {len(lp.blobs)} blobs in the caffemodel but the prototxt implies "
                     f"{len(names)} ({', '.join(names)}); check bias_term and the layer type."
                 )
             for i, (attr, blob) in enumerate(zip(names, lp.blobs)):
-                target = getattr(module, attr)
                 taken_out = lifted.get((lp.name, i))
                 if taken_out is None and not len(blob.data) and len(blob.double_data):
                     report.double_data.append(layer.name)
-                values = blob_array(blob, tuple(target.shape), where=f"{source}: {layer.where()}", index=i,
-                                    lifted=taken_out)
-                _bind(module, attr, target, torch.from_numpy(values))
-                spec = layer.param.param[i] if i < len(layer.param.param) else None
-                if spec is not None and spec.name:
-                    if spec.name in first_copy:
-                        diff = float(np.max(np.abs(first_copy[spec.name][1] - values))) if values.size else 0.0
-                        if diff > report.shared_mismatch.get(spec.name, 0.0):
-                            report.shared_mismatch[spec.name] = diff
-                    else:
-                        first_copy[spec.name] = (layer.name, values)
+                values = blob_array(blob, tuple(getattr(module, attr).shape), where=f"{source}: {layer.where()}",
+                                    index=i, lifted=taken_out)
+                owner = net.owner_of(layer.name, i)
+                key = (owner.layer, owner.attr) if owner is not None else (layer.name, attr)
+                copies.setdefault(key, []).append(_Copy(position[layer.name], layer.name, values))
             report.loaded[layer.name] = len(names)
-    if missing and not allow_missing:
-        raise CaffeImportError(
-            f"{source}: no weights for layer(s) {', '.join(missing)} (matched by layer name, as Caffe does). "
-            "Rename the layers to match the caffemodel, or pass allow_missing=True to initialise them from their "
-            "fillers."
-        )
-    for layer in net.layers_with_shapes:  # layers left without weights (allow_missing) get storage to fill
-        module = net.module_of(layer.name)
-        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
-            module.to_empty(device="cpu")
-    if missing:
-        report.filled = missing
-        for layer in net.layers_with_shapes:
-            if layer.name in missing:
-                module = net.module_of(layer.name)
-                from caffe_import.fillers import fill
+        for (layer_name, attr), found in copies.items():
+            found.sort(key=lambda c: c.position)
+            module = net.module_of(layer_name)
+            target = getattr(module, attr)
+            _bind(module, attr, target, torch.from_numpy(found[-1].values.reshape(tuple(target.shape))))
 
-                fillers = getattr(module, "caffe_fillers", ())
-                for i, attr in enumerate(module.caffe_blobs):
-                    fill(getattr(module, attr), fillers[i] if i < len(fillers) else None, where=layer.where())
-        warnings.warn(f"{source}: layer(s) {', '.join(missing)} are not in the caffemodel and were initialised from "
-                      "their fillers.", CaffeImportWarning, stacklevel=3)
-    report.unused = [name for name in by_name if name not in used]
+    blobs_missing: dict[str, list[str]] = {}   # layer -> its blobs that nothing provides
+    for layer in net.layers_with_shapes:
+        module = net.module_of(layer.name)
+        for i, attr in enumerate(module.caffe_blobs):
+            owner = net.owner_of(layer.name, i)
+            key = (owner.layer, owner.attr) if owner is not None else (layer.name, attr)
+            if key not in copies:
+                blobs_missing.setdefault(layer.name, []).append(attr)
+    if blobs_missing and not allow_missing:
+        raise CaffeImportError(_missing_message(net, blobs_missing, source))
+    _report_shared(net, copies, report)
+    report.shared_only = [layer.name for layer in net.layers_with_shapes if net.module_of(layer.name).caffe_blobs
+                          and layer.name not in report.loaded and layer.name not in blobs_missing]
+
+    _materialize_meta(net)  # blobs left without weights (allow_missing), and sharers' own slots, get storage
+    sharers = {(ref.layer, ref.index) for group in net.param_groups.values() for ref in group.sharers}
+    for layer in net.layers_with_shapes:
+        if layer.name not in blobs_missing:
+            continue
+        module = net.module_of(layer.name)
+        fillers = getattr(module, "caffe_fillers", ())
+        for i, attr in enumerate(module.caffe_blobs):
+            if attr in blobs_missing[layer.name] and (layer.name, i) not in sharers:
+                fill(getattr(module, attr), fillers[i] if i < len(fillers) else None, where=layer.where())
+                report.filled.append(f"{layer.name}.{attr}")
+    if report.filled:
+        warnings.warn(f"{source}: blob(s) {', '.join(report.filled)} are not in the caffemodel and were initialised "
+                      "from their Caffe fillers (allow_missing=True).", CaffeImportWarning, stacklevel=3)
+    report.unused = [name for name in by_name if name not in report.loaded]
     if report.unused:
         message = (f"{source}: {len(report.unused)} caffemodel layer(s) with weights are not used by this net: "
                    f"{', '.join(report.unused[:12])}{', ...' if len(report.unused) > 12 else ''}")
         if strict:
-            raise CaffeImportError(message + " (strict=True).")
+            raise CaffeImportError(message + " (strict=True); remove them or load without strict.")
         net.notes.append(message)
     for name, diff in report.shared_mismatch.items():
-        if diff > 0:
-            warnings.warn(
-                f"{source}: the copies of shared param '{name}' differ in the caffemodel (max |diff| {diff:.3g}); "
-                "as in Caffe, the copy of the last layer loaded wins.", CaffeImportWarning, stacklevel=3)
+        entry = report.shared[name]
+        warnings.warn(
+            f"{source}: the caffemodel stores shared param '{name}' under layers {', '.join(entry['stored_by'])} with "
+            f"different values (max |diff| {diff:.3g}); as in Caffe, which copies them in file order into the one "
+            f"shared blob, the copy of '{entry['value_from']}' (last in the file) is used.",
+            CaffeImportWarning, stacklevel=3)
     net.tie_shared_params()
     return report
+
+
+def _missing_message(net, blobs_missing: dict[str, list[str]], source: str) -> str:
+    """One sentence: which layers lack weights, and for partly shared layers which blobs."""
+    parts = []
+    for layer_name, attrs in blobs_missing.items():
+        n_blobs = len(net.module_of(layer_name).caffe_blobs)
+        parts.append(layer_name if len(attrs) == n_blobs else f"{layer_name} ({', '.join(attrs)})")
+    return (f"{source}: no weights for layer(s) {', '.join(parts)} (matched by layer name, as Caffe does; a shared "
+            "param counts as present when any layer sharing it stores it). Rename the layers to match the "
+            "caffemodel, or pass allow_missing=True to initialise them from their fillers.")
+
+
+def _report_shared(net, copies: dict[tuple[str, str], list[_Copy]], report: WeightReport) -> None:
+    for name, group in net.param_groups.items():
+        found = copies.get((group.owner.layer, group.owner.attr), [])
+        entry = {"layers": group.layers, "stored_by": [c.layer for c in found],
+                 "value_from": found[-1].layer if found else f"filler of {group.owner.layer}"}
+        report.shared[name] = entry
+        if len(found) > 1:
+            last = found[-1].values.reshape(-1)
+            diff = max(float(np.max(np.abs(c.values.reshape(-1) - last))) if last.size else 0.0 for c in found)
+            if diff > 0:
+                report.shared_mismatch[name] = diff

@@ -53,8 +53,11 @@ def _write_layer(handle: BinaryIO, layer: caffe_pb2.LayerParameter, blobs: list[
 def save_caffemodel(net, path: str | os.PathLike[str]) -> Path:
     """Write `net` (a `CaffeNet`) as a caffemodel at `path`; returns the path.
 
-    Every layer is written with its layer parameters and its blobs in Caffe order; layers sharing a param each get
-    their own copy, as Caffe writes them. An `Input` layer named "input" records the net's input shapes.
+    Every layer is written with its layer parameters and its blobs in Caffe order. Layers sharing a param
+    (`param { name }`) each get a copy of the one shared blob in their own shape, as Caffe's `Net::ToProto` writes
+    them (every layer's `Layer::ToProto`; BVLC `src/caffe/net.cpp` at c9f71bd), so Caffe, OpenCV and
+    `caffe_import` read the file back whichever layer they take the blob from. An `Input` layer named "input"
+    records the net's input shapes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,14 @@
 """`jigsawpp convert --prototxt P --caffemodel W --out DIR`: a Caffe model as safetensors plus a manifest.
 
 Output (other tools rely on it): DIR/model.safetensors (state dict keyed by Caffe layer names), DIR/deploy.prototxt
-(a copy of the definition used), DIR/manifest.json (sha256 of the inputs, layers, input/output blobs and shapes,
-the weight accounting). Everything is written into a staging folder and renamed into place, so a failed
-conversion leaves no partial output.
+(a copy of the definition used), DIR/manifest.json (sha256 of the inputs, the NetState the layers were selected
+with, layers, input/output blobs and shapes, the weight accounting). Everything is written into a staging folder
+and renamed into place, so a failed conversion leaves no partial output.
+
+A DIGITS-style prototxt (train, val and deploy layers in one file, told apart by `include { stage: ... }` rules)
+converts with `stages=["deploy"]`; the stages and level are recorded as `net_state` so that reloading the folder
+selects the same layers. Shared params (`param { name }`) are one tensor in the state dict, stored once in the
+safetensors file with the other keys as aliases, so a reload is exact.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +54,25 @@ def net_summary(net: caffe_import.CaffeNet) -> dict:
 
 def convert_caffe(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], *, outputs: list[str] | None = None,
-                  overwrite: bool = False) -> ConvertResult:
-    """Convert one prototxt + caffemodel pair into `out_dir` (see the module docstring for the layout)."""
+                  stages: Sequence[str] = (), level: int = 0, overwrite: bool = False) -> ConvertResult:
+    """Convert one prototxt + caffemodel pair into `out_dir` (see the module docstring for the layout).
+
+    `stages`/`level` complete Caffe's NetState (TEST phase) that the layers' include/exclude rules are evaluated
+    against, as `caffe.Net(prototxt, caffe.TEST, level=level, stages=stages)` does. Raises CaffeImportError for a
+    net or caffemodel that cannot be loaded, FileExistsError for a non-empty `out_dir` without `overwrite`.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite.")
-    net = caffe_import.load(prototxt, caffemodel, outputs=outputs)
+    net = caffe_import.load(prototxt, caffemodel, outputs=outputs, stages=stages, level=level)
     manifest = {
         "tool": f"jigsawpp {__version__}",
         "inputs": {
             "prototxt": {"file": Path(prototxt).name, "sha256": sha256_file(prototxt)},
             "caffemodel": {"file": Path(caffemodel).name, "sha256": sha256_file(caffemodel)},
         },
+        "net_state": net.graph.state.as_dict(),
         "net": net_summary(net),
         "weights": {k: v for k, v in net.weight_report.items() if v},
         "files": {"weights": "model.safetensors", "prototxt": "deploy.prototxt"},

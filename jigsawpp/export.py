@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,13 @@ class ExportResult:
 
 
 def load_model(model: str | os.PathLike[str], caffemodel: str | os.PathLike[str] | None = None, *,
-               variant: str = "transfer"):
-    """(CaffeNet, description) from a converted folder, a release output folder (its `variant`), or a prototxt."""
+               variant: str = "transfer", stages: Sequence[str] = (), level: int = 0):
+    """(CaffeNet, description) from a converted folder, a release output folder (its `variant`), or a prototxt.
+
+    `stages`/`level` select layers by their Caffe include/exclude rules (see `caffe_import.load`). A converted
+    folder records the NetState it was converted with (`net_state` in its manifest) and is reloaded with it; other
+    stages or levels for a folder are an error, since its weights were written for that selection.
+    """
     import caffe_import
     from jigsawpp.io import load_state_dict_file
 
@@ -50,23 +56,49 @@ def load_model(model: str | os.PathLike[str], caffemodel: str | os.PathLike[str]
         if not (deploy.is_file() and weights.is_file()):
             raise FileNotFoundError(f"{path}: expected deploy.prototxt and model.safetensors (a `jigsawpp convert` "
                                     "output folder).")
+        recorded = _recorded_state(path)
+        if (stages or level) and (list(stages), level) != (recorded["stages"], recorded["level"]):
+            raise ValueError(
+                f"{path}: the folder was converted with stages {recorded['stages']} and level {recorded['level']} "
+                f"(manifest.json net_state), not stages {list(stages)} and level {level}; drop --stage/--level for a "
+                "converted folder, or convert the prototxt again with the ones you want.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            net = caffe_import.load(deploy, seed=None)
+            net = caffe_import.load(deploy, seed=None, stages=recorded["stages"], level=recorded["level"])
         net.load_state_dict(load_state_dict_file(weights), strict=True)
-        return net.eval(), f"{path.name}/ (deploy.prototxt + model.safetensors)"
+        return net.eval(), f"{path.name}/ (deploy.prototxt + model.safetensors{_state_words(net)})"
     if caffemodel is None:
         raise ValueError(f"{path}: a prototxt needs --caffemodel (or pass a converted folder).")
-    return caffe_import.load(path, caffemodel), f"{path.name} + {Path(caffemodel).name}"
+    net = caffe_import.load(path, caffemodel, stages=stages, level=level)
+    return net, f"{path.name} + {Path(caffemodel).name}{_state_words(net)}"
+
+
+def _recorded_state(folder: Path) -> dict:
+    """The `net_state` of a `jigsawpp convert` folder's manifest (TEST, level 0, no stages when absent)."""
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    state = manifest.get("net_state") or {}
+    return {"stages": list(state.get("stages", [])), "level": int(state.get("level", 0))}
+
+
+def _state_words(net) -> str:
+    state = net.graph.state
+    if not state.stages and not state.level:
+        return ""
+    return f"; stages {list(state.stages)}, level {state.level}"
 
 
 def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  caffemodel: str | os.PathLike[str] | None = None, variant: str = "transfer",
+                 stages: Sequence[str] = (), level: int = 0,
                  opset: int | None = None, dynamic: bool = True) -> ExportResult:
-    """Export and check; raises when onnxruntime and PyTorch disagree beyond 1e-4 relative."""
+    """Export and check; raises when onnxruntime and PyTorch disagree beyond 1e-4 relative.
+
+    `stages`/`level`: Caffe NetState for a prototxt `model` (see `load_model`).
+    """
     import caffe_import
 
-    net, source = load_model(model, caffemodel, variant=variant)
+    net, source = load_model(model, caffemodel, variant=variant, stages=stages, level=level)
     out = caffe_import.export_onnx(net, out, opset=opset, dynamic=dynamic)
     checks = {"export input": caffe_import.check_onnx(net, out)}
     any_size = dynamic and not any(layer.type == "InnerProduct" for layer in net.layers_with_shapes)

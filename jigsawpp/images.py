@@ -22,10 +22,10 @@ def demo_photo_path() -> Path:
 
 
 def read_bgr(path: str | Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{path}: cannot be read as an image.")
-    return image
+    """(H, W, 3) uint8 BGR as Caffe read it; truncated or corrupt files raise `jigsawpp.data.ImageReadError`."""
+    from jigsawpp.data import read_image_bgr
+
+    return read_image_bgr(path)
 
 
 def caffe_blob(image_bgr: np.ndarray, *, size: int, mean_bgr: tuple[float, float, float],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -21,10 +21,18 @@ ALIASES_KEY = "jigsawpp.aliases"
 
 
 def atomic_path(path: Path) -> tuple[int, Path]:
-    """A temp file beside `path` (same filesystem, so os.replace is atomic)."""
+    """A new temp file beside `path` (same filesystem, so os.replace is atomic), open for writing.
+
+    Created with mode 0o666 minus the umask, as a plain ``open`` would (``tempfile.mkstemp`` makes 0600 files,
+    which would leave every output readable by its owner only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return fd, Path(tmp)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -62,9 +70,11 @@ def save_state_dict_file(state: dict[str, torch.Tensor], path: str | os.PathLike
     meta = dict(metadata or {})
     meta[ALIASES_KEY] = json.dumps(aliases)
     fd, tmp = atomic_path(path)
+    mode = os.fstat(fd).st_mode & 0o777  # 0o666 minus the umask
     os.close(fd)
     try:
         save_file(unique, str(tmp), metadata=meta)
+        os.chmod(tmp, mode)  # safetensors re-creates the file owner-only
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

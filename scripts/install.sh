@@ -17,8 +17,10 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # mmeval is the independent VOC-metric oracle of the tests. Installed without its dependencies on purpose: they
 # pull an unpinned opencv-python (5.x) that would overwrite our OpenCV 4.x `cv2`, and plum-dispatch 2.x breaks it.
-.venv/bin/python -m pip install --quiet --no-deps "mmeval==0.2.1"
+# Its other dependencies go in first, so that pip's resolver never sees mmeval and never reports its deliberately
+# absent opencv-python requirement as a conflict.
 .venv/bin/python -m pip install --quiet "plum-dispatch<2" rich pyyaml
+.venv/bin/python -m pip install --quiet --no-deps "mmeval==0.2.1"
 .venv/bin/python - <<'PY'
 import cv2
 assert cv2.__version__.startswith("4."), f"OpenCV 4.x expected, found {cv2.__version__} (another OpenCV wheel?)"

@@ -44,14 +44,20 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--output", "outputs", multiple=True,
               help="Prototxt+caffemodel only: blob to keep as an output (repeatable); the net is pruned to what "
                    "these need.")
+@click.option("--stage", "stages", multiple=True, metavar="NAME",
+              help="Prototxt+caffemodel only: Caffe NetState stage (repeatable), as `caffe test -stage`: layers are "
+                   "kept by their include/exclude rules. A DIGITS-style train/val/deploy file needs --stage deploy.")
+@click.option("--level", type=int, default=0, show_default=True,
+              help="Prototxt+caffemodel only: Caffe NetState level, for min_level/max_level rules.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
 def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path | None, out_dir: Path,
             deploy: str | None, no_onnx: bool, opset: int | None, allow_tower_mismatch: bool,
-            outputs: tuple[str, ...], overwrite: bool) -> None:
+            outputs: tuple[str, ...], stages: tuple[str, ...], level: int, overwrite: bool) -> None:
     """Convert a released model zip (RELEASE.zip) or a Caffe model (--prototxt + --caffemodel)."""
     if release is not None:
-        if prototxt_path or caffemodel or outputs:
-            raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel/--output, not both.")
+        if prototxt_path or caffemodel or outputs or stages or level:
+            raise click.UsageError("give either RELEASE.zip or --prototxt/--caffemodel (with --output, --stage, "
+                                   "--level), not both.")
         _convert_release(release, out_dir, deploy=deploy, onnx=not no_onnx, opset=opset,
                          allow_tower_mismatch=allow_tower_mismatch, overwrite=overwrite)
         return
@@ -59,12 +65,20 @@ def convert(release: Path | None, prototxt_path: Path | None, caffemodel: Path |
         raise click.UsageError("give a RELEASE.zip, or both --prototxt and --caffemodel.")
     if deploy or no_onnx or opset or allow_tower_mismatch:
         raise click.UsageError("--deploy, --no-onnx, --opset and --allow-tower-mismatch apply to a RELEASE.zip only.")
+    from caffe_import import CaffeImportError
     from jigsawpp.convert import convert_caffe
 
-    result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, overwrite=overwrite)
+    try:
+        result = convert_caffe(prototxt_path, caffemodel, out_dir, outputs=list(outputs) or None, stages=stages,
+                               level=level, overwrite=overwrite)
+    except (CaffeImportError, FileExistsError) as exc:
+        raise _fail(exc) from None
     net = result.manifest["net"]
     click.echo(f"converted {len(net['layers'])} layers ({net['n_parameters'] / 1e6:.1f} M parameters) "
                f"in {result.seconds:.1f} s -> {result.out_dir}")
+    state = result.manifest["net_state"]
+    if state["stages"] or state["level"]:
+        click.echo(f"  net state: phase {state['phase']}, level {state['level']}, stages {state['stages']}")
     for name, shape in net["outputs"].items():
         click.echo(f"  output {name}: {shape}")
     for note in net["notes"]:
@@ -130,13 +144,20 @@ def info(release: Path, deploy: str | None, allow_tower_mismatch: bool) -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset; default 17, minimum 13 (13..21 with ROIPooling).")
 @click.option("--static", is_flag=True, help="Fixed input shapes (default: symbolic batch, and symbolic height/width "
                                              "for fully convolutional nets).")
-def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset: int | None, static: bool) -> None:
+@click.option("--stage", "stages", multiple=True, metavar="NAME",
+              help="For a --model prototxt: Caffe NetState stage (repeatable), e.g. --stage deploy for a DIGITS-style "
+                   "file; a converted folder reuses the stages it was converted with.")
+@click.option("--level", type=int, default=0, show_default=True,
+              help="For a --model prototxt: Caffe NetState level, for min_level/max_level rules.")
+def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset: int | None, static: bool,
+           stages: tuple[str, ...], level: int) -> None:
     """Export a model to ONNX and check it in onnxruntime against PyTorch."""
     from caffe_import import CaffeImportError
     from jigsawpp.export import export_model
 
     try:
-        result = export_model(model, out, caffemodel=caffemodel, variant=variant, opset=opset, dynamic=not static)
+        result = export_model(model, out, caffemodel=caffemodel, variant=variant, stages=stages, level=level,
+                              opset=opset, dynamic=not static)
     except (CaffeImportError, ValueError, KeyError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     click.echo(f"exported {result.source} -> {result.path}")

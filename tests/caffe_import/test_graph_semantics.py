@@ -281,9 +281,9 @@ def test_weight_shape_missing_and_unused_errors(tmp_path: Path) -> None:
     small_path = caffe_import.save_caffemodel(caffe_import.load(parse(CONV_NET)), tmp_path / "small.caffemodel")
     with pytest.raises(CaffeImportError, match=r"no weights for layer\(s\) conv2 \(matched by layer name"):
         caffe_import.load(parse(two_convs), small_path)
-    with pytest.warns(CaffeImportWarning, match="conv2 are not in the caffemodel"):
+    with pytest.warns(CaffeImportWarning, match=r"blob\(s\) conv2.weight, conv2.bias are not in the caffemodel"):
         filled = caffe_import.load(parse(two_convs), small_path, allow_missing=True)
-    assert filled.weight_report["filled"] == ["conv2"]
+    assert filled.weight_report["filled"] == ["conv2.weight", "conv2.bias"]
 
     big_path = caffe_import.save_caffemodel(caffe_import.load(parse(two_convs)), tmp_path / "big.caffemodel")
     with pytest.raises(CaffeImportError, match=r"1 caffemodel layer\(s\) with weights are not used by this net: conv2"):

@@ -296,6 +296,25 @@ def test_generated_module_is_up_to_date(tmp_path: Path) -> None:
     assert fresh == committed, "caffe_pb2.py is stale: run `python -m caffe_import.proto.regen` and commit it"
 
 
+def test_generated_module_loads_on_older_protobuf_runtimes(tmp_path: Path) -> None:
+    """protoc's runtime-version check (which refuses runtimes older than the compiler) is removed from the committed
+    module, and removing it from protoc's fresh output changes nothing else that matters: the descriptor."""
+    committed = Path(caffe_pb2.__file__).read_text(encoding="utf-8")
+    assert "_runtime_version" not in committed and "ValidateProtobufRuntimeVersion" not in committed
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (dev dependency) regenerates caffe_pb2.py")
+    from caffe_import.proto import regen
+
+    regen.run_protoc(tmp_path)
+    fresh = tmp_path / "caffe_import" / "proto" / "caffe_pb2.py"
+    text = fresh.read_text(encoding="utf-8")
+    assert "ValidateProtobufRuntimeVersion" in text  # what protoc writes; if this fails, the relaxation is moot
+    relaxed = regen.relax_runtime_check(text)
+    assert "_runtime_version" not in relaxed
+    fresh.write_text(relaxed, encoding="utf-8")
+    assert _serialized_descriptor(fresh) == _serialized_descriptor(Path(caffe_pb2.__file__))
+    assert relaxed.count("\n") == text.count("\n") - 9  # the import line and the 8-line call, nothing else
+
+
 def test_registered_under_package_path() -> None:
     # A distinct file name keeps our descriptor-pool entry apart from a pycaffe `caffe.proto`; the module name
     # makes the message classes picklable.
