@@ -16,16 +16,21 @@ With these three facts, `generate_permutations(100, min_hamming=0, start=<its fi
 `permutations_100_max.bin` (MehdiNoroozi/JigsawPuzzleSolver@8c7ec09) byte for byte; integer sums or another
 candidate order do not (they pick other permutations from the ties after the first nine).
 
-About `permutations_701.bin` (Jigsaw++, same repository, commit d18dace): its first 14 rows are rows 0-3 and 5-14
-of this generator's 1000-set started from its first row (the 2016 algorithm, no distance rule), row 4 of that set
-is missing, and the remaining rows keep the generator's property (each has the largest integer distance sum among
-the candidates given the rows before it) but diverge from our float tie-breaking after row 14, so the exact 1000-set
-cannot be rebuilt. Its mean distance (7.999) matches Table 1 of the 2016 paper (8.00 for 1000 maximal
-permutations) and the 1000-set we generate from the same start (8.008, minimum 2). The evidence is consistent with
-"the 2016 1000-set with close pairs removed", not with a selection that applies the distance rule while choosing
-(that would have kept row 4, which is at distance 9 from rows 0-3, and would give exactly the requested count).
-The repository does not contain the generator itself (only its outputs). `generate_permutations` applies the rule
-while choosing, as the CVPR 2018 paper describes it; `remove_close_pairs` reproduces the other construction.
+About `permutations_701.bin` (Jigsaw++, same repository, commit d18dace; 701 rows, minimum distance 3, mean
+7.999, no identity): is it the 2016 algorithm's 1000-set with the close pairs removed? What we can establish:
+- its first 14 rows are exactly rows 0-3 and 5-14 of this generator's 1000-set started from its first row (2016
+  rule, no distance constraint), with the float tie-breaking above; a random set would share none of them. Row 4 of
+  that set, at distance 9 from rows 0-3, is missing: a rule applied *while* choosing would have kept it, so the file
+  was filtered after generation;
+- after row 14 the sequences part (22 of the 701 rows are in our 1000-set), most likely because a tie among
+  equal sums was broken differently (MATLAB's summation order differs between versions); the authors' generator
+  script is not in the repository (only its outputs), so this cannot be checked further;
+- the mean distance matches Table 1 of the 2016 paper (8.00 for 1000 "maximal" permutations); our 1000-set from
+  the same start has mean 8.008, minimum 2, and removing both rows of every pair closer than 3 leaves 683 rows
+  (keeping the first of each pair leaves 854), the same order as 701.
+So the evidence supports "the 2016 1000-set with close pairs removed", though the exact 1000-set cannot be rebuilt.
+`generate_permutations` applies the Jigsaw++ rule while choosing, as the CVPR 2018 paper describes it, and always
+returns the requested count; `remove_close_pairs` is the after-the-fact construction.
 
 Files: the authors' binary format (`data_transformer.cpp`: `fread` of an int32 header [N, 9], then N*9 int32
 1-based indices, `hashes_[i] -= 1`) for a `.bin` suffix, NumPy `.npy` otherwise (VISSL's copies of the authors' sets

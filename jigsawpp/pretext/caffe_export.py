@@ -182,7 +182,7 @@ def write_release_zip(model: ContextFreeNetwork, perms: np.ndarray, path: str | 
     path = Path(path)
     c = model.config
     name = name or f"jigsawpp_{c.arch}"
-    if len(perms) != c.num_classes:
+    if len(perms) > c.num_classes:
         raise ValueError(f"fc8 has {c.num_classes} outputs but the permutation set has {len(perms)} rows.")
     members = {"caffemodel": f"{name}/{name}.caffemodel", "deploy_pretext": f"{name}/{CFN_DEPLOY_NAME}",
                "permutations": f"{name}/{PERMUTATIONS_NAME}"}
