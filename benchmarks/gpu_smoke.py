@@ -324,6 +324,89 @@ def ddp_two_gpus(ctx: Context) -> tuple[str, dict]:
     return f"DDP forward/backward + all_reduce on 2 GPUs in {time.perf_counter() - start:.1f} s", {}
 
 
+@step("engine-train-loop")
+def engine_train_loop(ctx: Context) -> tuple[str, dict]:
+    """`train_loop` on the device at fp32, bf16 and fp16 (GradScaler): 6 iterations straight against 3 + a resume
+    from the checkpoint in a fresh model (CUDA RNG state, dropout masks, scaler state restored), cuDNN deterministic."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from jigsawpp.engine.loop import train_loop
+    from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
+
+    batch, size, width = (4, 16, 4) if ctx.tiny else (64, 64, 32)
+    side = (size - 3) // 2 + 1
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 3, stride=2)
+            self.fc = nn.Linear(width * side * side, 10)
+
+        def forward(self, x):
+            return self.fc(F.dropout(F.relu(self.conv1(x)), 0.5, self.training).flatten(1))
+
+    class Batch:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def to(self, device):
+            return Batch(self.x.to(device), self.y.to(device))
+
+    class Source:
+        """Deterministic synthetic batches; the state is the index of the next one."""
+
+        def __init__(self):
+            self.i = 0
+
+        def next_batch(self):
+            g = torch.Generator().manual_seed(self.i)
+            self.i += 1
+            return Batch(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, state):
+            self.i = state["i"]
+
+    def loss_fn(net, batch):
+        return {"loss": F.cross_entropy(net(batch.x).float(), batch.y)}
+
+    def run(out, amp, stop_after=None):
+        torch.manual_seed(0)
+        model = Net()
+        optimizer = CaffeSGD(param_specs(model), momentum=0.9, weight_decay=5e-4, clip_gradients=10.0)
+        result = train_loop(model=model, optimizer=optimizer, lr=LRPolicy("step", 0.01, gamma=0.1, stepsize=4),
+                            source=Source(), loss_fn=loss_fn, out_dir=out, max_iters=6, snapshot_iters=3,
+                            config={"amp": amp}, fingerprint="synthetic", device=ctx.device, amp=amp,
+                            progress=False, display=1, seed=1, stop_after=stop_after)
+        return model, result
+
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    data, figures = {}, []
+    try:
+        # autocast on the CPU is covered by the test suite (tests/jigsawpp/engine/test_loop.py)
+        for amp in ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",):
+            straight, result = run(ctx.tmp / f"loop-{amp}-a", amp)
+            run(ctx.tmp / f"loop-{amp}-b", amp, stop_after=3)
+            resumed, again = run(ctx.tmp / f"loop-{amp}-b", amp)
+            if again.resumed_from != 3:
+                raise AssertionError(f"amp {amp}: resumed from {again.resumed_from}, expected 3")
+            diff = max(float((a - b).abs().max()) for a, b in zip(straight.state_dict().values(),
+                                                                  resumed.state_dict().values()))
+            if diff != 0.0:
+                raise AssertionError(f"amp {amp}: resumed weights differ from the straight run by {diff:.3g}")
+            data[amp] = {"seconds": result.seconds, "max_abs_diff_after_resume": diff}
+            figures.append(f"{amp} {result.seconds / 6 * 1000:.0f} ms/it")
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+    return "resume bit-identical at " + ", ".join(figures), data
+
+
 # -- driver -------------------------------------------------------------------------------------------------------
 
 def run_steps(ctx: Context, only: set[str] | None = None) -> list[Row]:

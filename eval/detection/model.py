@@ -36,6 +36,7 @@ from torch import nn
 import caffe_import
 import prototxt
 from caffe_import.proto import caffe_pb2
+from jigsawpp.engine.solver import ParamSpec  # re-exported: the detector's blobs are engine ParamSpecs
 
 __all__ = [
     "CONV_LAYERS",
@@ -63,17 +64,6 @@ _INPUT_SHAPES = {"data": (1, 3, 227, 227), "rois": (1, 5)}
 class FastRCNNOutput(NamedTuple):
     cls_score: torch.Tensor  # (R, K + 1) raw scores; softmax gives fast-rcnn's cls_prob
     bbox_pred: torch.Tensor  # (R, 4 (K + 1)) deltas per class
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One Caffe parameter blob and its ``param { lr_mult decay_mult }``."""
-
-    name: str
-    layer: str
-    parameter: nn.Parameter
-    lr_mult: float
-    decay_mult: float
 
 
 class FastRCNN(nn.Module):

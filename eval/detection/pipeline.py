@@ -125,9 +125,16 @@ def _write_json(path: Path, data: dict) -> Path:
 
 
 def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    from jigsawpp.engine.distributed import world
+
+    return world()
+
+
+def _stamp(cfg: FastRCNNConfig, *, run_device: torch.device, **args: Any) -> dict:
+    """The protocol's provenance stamp plus the software and hardware it ran on (`environment_stamp`)."""
+    from jigsawpp.engine.stamp import environment_stamp
+
+    return {**provenance_stamp(cfg, **args), "environment": environment_stamp(run_device)}
 
 
 def write_detection_scores(ap: Any, out_dir: Path, *, split: str, stamp: dict | None) -> Path:
@@ -220,11 +227,11 @@ def run_detection(
                       world_size=world, protocol_name=protocol_name)
     if rank == 0:
         _write_json(out / "config.json", {"config": cfg.to_dict(),
-                                          "provenance": provenance_stamp(cfg, iterations=None, **stamp_args)})
+                                          "provenance": _stamp(cfg, run_device=device, iterations=None, **stamp_args)})
     trained = train_detector(model, entries, stats, cfg, out_dir=out, device=device, resume=resume,
                              progress=progress)
     model.load_state_dict(unnormalized_state_dict(model, stats))
-    stamp = provenance_stamp(cfg, iterations=trained.iterations, **stamp_args)
+    stamp = _stamp(cfg, run_device=device, iterations=trained.iterations, **stamp_args)
     if rank == 0:
         import caffe_import
         from jigsawpp.io import save_state_dict_file
@@ -251,9 +258,9 @@ def evaluate_caffe_detector(prototxt_path: str | os.PathLike[str], caffemodel: s
     model = load_caffe_detector(prototxt_path, caffemodel)
     init = {"caffemodel": Path(caffemodel).name, "sha256": sha256_file(caffemodel),
             "prototxt": Path(prototxt_path).name}
-    stamp = provenance_stamp(cfg, mode="test-only", proposals={"method": cfg.proposals}, iterations=None,
-                             init=init, device=_protocol_device(device), world_size=_world()[1],
-                             protocol_name=protocol_name)
+    stamp = _stamp(cfg, run_device=device, mode="test-only", proposals={"method": cfg.proposals},
+                   iterations=None, init=init, device=_protocol_device(device), world_size=_world()[1],
+                   protocol_name=protocol_name)
     if _world()[0] == 0:
         _write_json(Path(out_dir) / "config.json", {"config": cfg.to_dict(), "provenance": stamp})
     return evaluate_detector(model, voc_root, out_dir, cfg, stamp=stamp, split=split, device=device,

@@ -123,10 +123,10 @@ def _compute_one(job: tuple[str, str, str, int, str]) -> str:
     image_id, image_path, method, min_size, out = job
     import cv2
 
+    from jigsawpp.data import read_image_bgr
+
     cv2.setNumThreads(1)  # one process per core already
-    image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{image_path}: cannot be read as an image (proposals for {image_id!r}).")
+    image = read_image_bgr(image_path)
     boxes = selective_search(image, method=method, min_size=min_size)
     out_path = Path(out)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp.npy")

@@ -175,12 +175,16 @@ def im_list_to_blob(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def read_image(entry: RoidbEntry) -> np.ndarray:
-    """The entry's BGR uint8 image, mirrored if the entry is flipped."""
-    import cv2
+    """The entry's BGR uint8 image (`jigsawpp.data.read_image_bgr`: as fast-rcnn's ``cv2.imread``, but truncated
+    files are refused), mirrored if the entry is flipped.
 
-    image = cv2.imread(entry.image_path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{entry.image_path}: cannot be read as an image (roidb entry {entry.image_id!r}).")
+    Raises:
+        jigsawpp.data.ImageReadError: unreadable, corrupt or truncated file; ValueError: its size differs from the
+            annotation's.
+    """
+    from jigsawpp.data import read_image_bgr
+
+    image = read_image_bgr(entry.image_path)
     if image.shape[1] != entry.width or image.shape[0] != entry.height:
         raise ValueError(f"{entry.image_path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
                          f"header size {entry.width}x{entry.height}.")
