@@ -129,3 +129,60 @@ def show_puzzles(images: list[str | os.PathLike[str]], path: str | os.PathLike[s
     batch = make_puzzles(crop_tensor, table, generator=torch.Generator().manual_seed(seed), config=c,
                          occluder_crops=crops_to_tensor(others))
     return draw_puzzles(crop_tensor, batch, table, path, config=c, titles=titles)
+
+
+def accuracy_by_occluders(record: dict) -> dict[int, float]:
+    """{k: accuracy on puzzles with k occluders} of a training-log record (`hit_occ<k>` / `share_occ<k>`)."""
+    out = {}
+    for key, share in record.items():
+        if key.startswith("share_occ") and share > 0:
+            k = int(key[len("share_occ"):])
+            out[k] = record.get(f"hit_occ{k}", 0.0) / share
+    return out
+
+
+def plot_pretext_curve(log_path: str | os.PathLike[str], path: str | os.PathLike[str], *,
+                       config: PuzzleConfig | None = None, chance: float | None = None) -> Path:
+    """Training loss (left) and puzzle accuracy overall and by number of occluders (right) against iterations,
+    from the run's train_log.jsonl."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from jigsawpp.engine.plots import read_log
+    from jigsawpp.io import atomic_path
+
+    records = read_log(log_path)
+    if not records:
+        raise ValueError(f"{log_path} has no records to plot.")
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    its = [r["iteration"] for r in records]
+    left.plot(its, [r["loss"] for r in records], label="loss")
+    left.set_xlabel("iteration")
+    left.set_ylabel("softmax loss")
+    left.grid(True, alpha=0.3)
+    right.plot(its, [r["accuracy"] for r in records], color="black", label="all puzzles")
+    ks = sorted({k for r in records for k in accuracy_by_occluders(r)})
+    for k in ks:
+        points = [(r["iteration"], accuracy_by_occluders(r)[k]) for r in records if k in accuracy_by_occluders(r)]
+        right.plot([p[0] for p in points], [p[1] for p in points], label=f"{k} occluder{'s' if k != 1 else ''}")
+    if chance is not None:
+        right.axhline(chance, color="grey", ls=":", label="chance")
+    right.set_xlabel("iteration")
+    right.set_ylabel("puzzle accuracy (training batches)")
+    right.set_ylim(0, 1)
+    right.grid(True, alpha=0.3)
+    right.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Jigsaw++ pretext training: {Path(log_path).parent.name}")
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = atomic_path(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
