@@ -13,7 +13,7 @@ fi
 # OpenCV's sample photographs (Debian's opencv-doc, ~95 MB): more photos for the small Jigsaw++ pretext run
 # (jigsawpp.pretext.sample_run). Optional: without it the run uses the photos the Python packages ship.
 if [ ! -d /usr/share/doc/opencv-doc/examples/data ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
     || echo "opencv-doc not installed; the pretext sample run will use the packaged photos only" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
