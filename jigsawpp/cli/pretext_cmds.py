@@ -155,8 +155,11 @@ def train_cmd(data: Path, arch: str, out: Path, perms_file: Path | None, max_ite
     for label, path in (("curve", result.curve), ("model", result.model), ("release zip", result.release_zip)):
         if path is not None:
             click.echo(f"  {label}: {path}")
-    if result.release_zip is not None:
+    if result.release_zip is not None and config.arch == "alexnet":
         click.echo(f"  convert for transfer: jigsawpp convert {result.release_zip} --out CONVERTED/")
+    elif result.release_zip is not None:
+        click.echo("  the zip holds the 9-tower caffemodel and its deploy: `jigsawpp convert --prototxt DEPLOY "
+                   "--caffemodel CAFFEMODEL` reads them once unzipped")
 
 
 @pretext_group.command("eval")
