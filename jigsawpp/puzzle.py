@@ -5,7 +5,7 @@ with the constants of `train_val_cfn_jps++.prototxt@d18dace`.
 
 One puzzle, as the fork builds it:
 1. the image's shorter side is resized to 256 (`cvResize`, bilinear; the longer side is `(int)(float(long/short) *
-   256)`), and a 255 x 255 window is cropped (random at training, centred at test);
+   256)`), and the centre 255 x 255 window is cropped (see `train_crop` below);
 2. the window is a 3x3 grid of 85-px cells, numbered row-major; a label `l` is drawn uniformly from the N
    permutations, and output slot s shows source cell `perms[l, s]`;
 3. each slot's 64-px tile starts at a random offset `rand() % 19` (0..18, jitter_size 18) in x and in y inside its
@@ -22,9 +22,10 @@ Steps 2-5 run batched in torch on whatever device the crops are on (one gather f
 does the tile work and the data loader only decodes and crops.
 
 Two things the fork leaves open or does differently, chosen here and recorded in `PuzzleConfig`:
-- `train_crop`: the fork's dataset tool stores the *centre* 255 crop of each image, so its "random crop" (crop_size
-  255 on a 255 image) never moves; "random" (default) crops at a random position of the 256-short-side image as the
-  Jigsaw++ description asks; "center" reproduces the stored LMDB exactly.
+- `train_crop`: the fork's Caffe crops 255 x 255 at a random offset at training, but the data it reads
+  (`./jps_dataset/train`, written by `generate_jps_dataset`) already holds the *centre* 255 crop of each
+  256-short-side image, so the offset is always 0: "center" (default) reproduces that; "random" crops at a random
+  position of the 256-short-side image (more variety, not what the authors trained with).
 - `occluder_source`: the CVPR 2018 paper takes occluders from "another random image"; the published fork reads
   `data_0` and `data_r` with two sequential readers of the same LMDB (`rand_jump` is declared in its caffe.proto
   but never read), so the n-th puzzle's occluders come from the *same* image. "other_image" (default) uses the next
@@ -62,7 +63,7 @@ class PuzzleConfig:
     projection_prob: float = 0.5    # data_transformer.cpp: color_proj = rand() % 2 == 0 (when not grey)
     min_occluders: int = 0          # merge_data_param min_substitute 0; count = rand() % 3 + 0
     max_occluders: int = 2          # merge_data_param max_substitute 3 (exclusive bound of rand() % 3)
-    train_crop: Literal["random", "center"] = "random"            # see the module docstring
+    train_crop: Literal["center", "random"] = "center"            # see the module docstring
     occluder_source: Literal["other_image", "same_image"] = "other_image"  # see the module docstring
 
     def __post_init__(self) -> None:
@@ -144,8 +145,8 @@ def puzzle_crop(image_bgr: np.ndarray, *, config: PuzzleConfig | None = None, tr
                 rng: np.random.Generator | None = None) -> np.ndarray:
     """The 255 x 255 window a puzzle is cut from: (H, W, 3) uint8 BGR -> (crop, crop, 3) uint8.
 
-    Centred at test (and with `train_crop="center"`), as the dataset tool's corner ((w - 255) / 2, (h - 255) / 2);
-    random otherwise (needs `rng`).
+    Centred (the dataset tool's corner ((w - 255) / 2, (h - 255) / 2)) at test and, by default, at training; at a
+    random position at training with `train_crop="random"` (needs `rng`).
     """
     c = config or PuzzleConfig()
     image = resize_short_side(image_bgr, c.resize)

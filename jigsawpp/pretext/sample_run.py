@@ -6,8 +6,8 @@ scikit-image's astronaut, chelsea, coffee, rocket, motorcycle, hubble_deep_field
 photos; Debian's labelme-examples (VOC2011 and other photos) and opencv-doc (OpenCV's sample photos). This is a
 check that the whole task learns at small scale, not a benchmark: a few dozen photos are far from ImageNet.
 Settings that differ from the protocol, all recorded in the run's provenance: a small permutation set, a small
-batch with a lower learning rate (lr 0.01 with batch 16 instead of 256 diverges), and `puzzle.resize` 320 so that
-the random 255 crops move in both directions ("many crops per photo").
+batch with a lower learning rate (lr 0.01 with batch 16 instead of 256 diverges), and random 255 crops of the photo
+resized to 320 (`puzzle.train_crop` random, `puzzle.resize` 320) so that each photo gives many different crops.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def run_sample(out_dir: str | os.PathLike[str], *, iterations: int = 300, batch_
     config = PretextConfig().with_overrides({
         "permutations": permutations, "batch_size": batch_size, "max_iters": iterations, "base_lr": base_lr,
         "stepsize": max(iterations, 1), "snapshot_iters": max(iterations // 4, 1), "display": 10, "seed": seed,
-        "workers": 1, "puzzle.resize": 320})
+        "workers": 1, "puzzle.resize": 320, "puzzle.train_crop": "random"})
     start = time.perf_counter()
     run = out / "train"
     result = train_pretext(lists["train"], run, config=config, overwrite=overwrite, progress=progress, export=False)

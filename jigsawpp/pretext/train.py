@@ -272,7 +272,8 @@ def _write_provenance(out: Path, config: PretextConfig, perms: np.ndarray, perms
         "protocol": "Jigsaw++ pretext task (Noroozi et al., CVPR 2018, Sec. 3)",
         "config": config.to_dict(),
         "choices": {
-            "train_crop": f"{config.puzzle.train_crop} (the authors' dataset tool stores the centre 255 crop)",
+            "train_crop": f"{config.puzzle.train_crop} (the authors trained on the centre 255 crops their dataset tool "
+                          "stores; 'random' moves the window)",
             "occluder_source": f"{config.puzzle.occluder_source} (the paper: another random image; the published "
                                "fork: the same image, rand_jump being unused)",
             "tower": ("AlexNet CFN of train_val_cfn_jps++.prototxt" if config.arch == "alexnet" else
