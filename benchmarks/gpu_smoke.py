@@ -229,6 +229,51 @@ def shared_params_cuda(ctx: Context) -> tuple[str, dict]:
     return f"STRICT + PERMISSIVE sharers stay tied on {ctx.device.type}; max |device - cpu| {err:.1e}", {"err": err}
 
 
+@step("release-variants")
+def release_variants(ctx: Context) -> tuple[str, dict]:
+    """A release zip converted on the CPU (caffemodel through the wire path; a single AlexNet trained at conv1
+    stride 2 with a stride-2 deploy with fc layers and a stride-4 conv-only one, so both variants are written),
+    then each variant from `from_release` run on the device against the CPU on a real photograph (TF32 off)."""
+    _needs_caffe_import()
+    import torch
+
+    from jigsawpp.constants import IMAGENET_MEAN_BGR
+    from jigsawpp.fixtures import make_release_zip
+    from jigsawpp.images import caffe_blob, demo_photo_path, read_bgr
+    from jigsawpp.models import from_release
+    from jigsawpp.release import convert_release
+
+    fc_sizes = (64, 64, 100) if ctx.tiny else (4096, 4096, 2000)
+    made = make_release_zip(ctx.tmp / "jigsawpp.zip", "alexnet_s2", layout="nested", fc_sizes=fc_sizes)
+    size_mb = made["path"].stat().st_size / 1e6
+    start = time.perf_counter()
+    manifest = convert_release(made["path"], ctx.tmp / "release", onnx=not ctx.tiny)
+    seconds = time.perf_counter() - start
+    if list(manifest["variants"]) != ["pretext_conv1s2", "transfer_conv1s4"]:
+        raise AssertionError(f"the stride-2 AlexNet release converted to {list(manifest['variants'])}")
+    image = read_bgr(demo_photo_path())
+    data: dict = {"zip_mb": size_mb, "convert_s": seconds, "variants": list(manifest["variants"])}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for variant, side, mean, blob in (("pretext", 64, (0.0, 0.0, 0.0), "fc8"),
+                                          ("transfer", 227, IMAGENET_MEAN_BGR, "pool5")):
+            model = from_release(ctx.tmp / "release", variant)
+            x = caffe_blob(image, size=side, mean_bgr=mean, resize=side)
+            with torch.inference_mode():
+                reference = model.blobs(x, [blob])[blob]
+                got = model.to(ctx.device).blobs(x.to(ctx.device), [blob])[blob].cpu()
+            err = float((got - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+            if not err < 1e-3:
+                raise AssertionError(f"release variant {variant} on {ctx.device} differs from the CPU by {err:.1e}")
+            data[variant] = {"blob": blob, "max_rel_err_vs_cpu": err}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return (f"{size_mb:.0f} MB zip converted in {seconds:.1f} s ({size_mb / seconds:.0f} MB/s) to both variants; "
+            f"on {ctx.device.type} vs CPU: pretext fc8 {data['pretext']['max_rel_err_vs_cpu']:.1e}, transfer pool5 "
+            f"{data['transfer']['max_rel_err_vs_cpu']:.1e}"), data
+
+
 def _detection_setup(ctx: Context, protocol_name: str):
     _needs_caffe_import()
     from benchmarks.fast_rcnn_speed import _photo, _roidb
@@ -271,6 +316,49 @@ def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
     scales = "+".join(map(str, cfg.test_scales))
     return (f"{seconds:.3f} s/image at scales {scales}/{cfg.test_max_size}, {len(proposals)} proposals",
             {"seconds_per_image": seconds, "scales": list(cfg.test_scales), "proposals": len(proposals)})
+
+
+def _precisions(ctx: Context) -> tuple[str, ...]:
+    # fp16 autocast is a CUDA path; a tiny CPU run checks fp32 only
+    return ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)
+
+
+@step("voc-classification")
+def voc_classification(ctx: Context) -> tuple[str, dict]:
+    """Kraehenbuehl's VOC07 classifier: a training step (batch 16, clip 10) and 10-crop testing per precision, beside
+    a plain torchvision AlexNet fwd+bwd."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import time_classification, time_reference
+
+    batch, crops, iters, warmup = (2, 2, 1, 0) if ctx.tiny else (16, 10, 10, 3)
+    ref = time_reference(ctx.device, batch=batch, size=224, iters=iters, warmup=warmup)
+    data, figures = {"reference_train_images_per_s": ref["train_images_per_s"]}, []
+    for amp in _precisions(ctx):
+        rates = time_classification(ctx.device, batch=batch, crops=crops, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"classification {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.0f} img/s "
+                       f"({rates['train_images_per_s'] / ref['train_images_per_s']:.2f}x ref), "
+                       f"test {rates['test_images_per_s']:.0f} img/s")
+    return f"batch {batch}, {crops} test crops: " + "; ".join(figures), data
+
+
+@step("fcn-segmentation")
+def fcn_segmentation(ctx: Context) -> tuple[str, dict]:
+    """FCN-AlexNet at VOC's image size: training passes (update every 20) and testing per precision."""
+    _needs_caffe_import()
+    from benchmarks.voc_speed import PHOTO_SIZE, time_fcn
+
+    size, iters, warmup = ((96, 72), 1, 0) if ctx.tiny else (PHOTO_SIZE, 10, 3)
+    data, figures = {}, []
+    for amp in _precisions(ctx):
+        rates = time_fcn(ctx.device, size=size, iters=iters, warmup=warmup, amp=amp)
+        if not math.isfinite(rates["last_loss"]):
+            raise AssertionError(f"FCN {amp} training loss is {rates['last_loss']}")
+        data[amp] = rates
+        figures.append(f"{amp}: train {rates['train_images_per_s']:.1f} img/s, test {rates['test_images_per_s']:.1f}")
+    return f"{size[0]}x{size[1]}: " + "; ".join(figures), data
 
 
 @step("onnx-cuda")

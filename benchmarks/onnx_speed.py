@@ -6,17 +6,26 @@ alternation; the reported time is the median of the repeats, the ratio is ORT / 
 Nets: CaffeNet (batch 8 at 227 x 227) and VGG16 (batch 2 at 224 x 224), with seeded weights, exported by
 `caffe_import.export_onnx`.
 
-Also times a release zip converted end to end (`jigsawpp.release.convert_release`: read, find, collapse the 9
-towers, two variants, safetensors, ONNX export and onnxruntime parity, pseudo-labels), on a release-shaped zip
-built like the authors' `jigsawpp.zip`: the 9-tower caffemodel (~340 MB) plus ImageNet-size pseudo-label lists
-(1,281,167 train and 50,000 val lines). The zip's real size is printed; the unzipped payload is ~400 MB.
+Also times release zips converted end to end (`jigsawpp.release.convert_release`: read, find, collapse the 9
+towers, the variants, safetensors, ONNX export and onnxruntime parity, pseudo-labels), on release-shaped zips
+built by `jigsawpp.fixtures.make_release_zip`: one like the authors' `jigsawpp.zip` (the 9-tower CFN caffemodel,
+~340 MB) and one like a cluster-classification zip (AlexNet with fc6..fc8, ~250 MB), each with ImageNet-size
+pseudo-label lists (1,281,167 train and 427,055 val lines). Each zip is converted twice: with the caffemodel
+member parsed by protobuf alone (the path `parse_caffemodel` falls back to for bytes that do not walk, and the
+only one before the wire path) and with the wire path (`caffe_import.wire`: float payloads lifted into arrays
+before protobuf parses the rest); the ratio is protobuf-only / wire (> 1: the wire path is faster). `inspect`
+is the zip pass alone (hashing, caffemodel, label lists), `convert` all of it, `caffemodel` the caffemodel
+member alone (read, parse, tower check, every blob's values as arrays; MB/s of the member). Times are the
+minimum over repeats, the modes alternating, so that load from other processes hits both alike; the CPU
+seconds of this process (all its threads) are printed too, as a check on a shared machine.
 
-Usage: python benchmarks/onnx_speed.py [--workdir DIR] [--repeats N] [--threads N] [--skip-zip]
+Usage: python benchmarks/onnx_speed.py [--workdir DIR] [--repeats N] [--threads N] [--skip-zip] [--skip-forward]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -85,25 +94,78 @@ def forward_comparison(workdir: Path, repeats: int, threads: int) -> list[dict]:
     return rows
 
 
-def zip_conversion(workdir: Path) -> dict:
-    """Build a release-shaped jigsawpp zip with ImageNet-size label lists and time `convert_release` on it."""
+@contextlib.contextmanager
+def protobuf_only():
+    """Inside: release zips parse their caffemodel with protobuf alone (the wire walk refuses every member)."""
+    import jigsawpp.release_scan as scan
+    from caffe_import.wire import WireError
+
+    def refuse(*args, **kwargs):
+        raise WireError("protobuf-only timing")
+
+    original = scan.lift_blob_data
+    scan.lift_blob_data = refuse
+    try:
+        yield
+    finally:
+        scan.lift_blob_data = original
+
+
+def caffemodel_stage(zip_path: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds (min of `repeats`) to read the zip's caffemodel member, parse it, describe it (tower check) and
+    collect every blob's float32 values, as inspect and convert do, per mode."""
+    import numpy as np
+
+    from jigsawpp.release_scan import describe_caffemodel, parse_caffemodel
+    from jigsawpp.safezip import SafeZip
+
+    best = {"protobuf": float("inf"), "wire": float("inf")}
+    with SafeZip(zip_path) as archive:
+        member = max(archive.members, key=lambda m: m.size)
+        for _ in range(repeats):
+            for mode, context in (("protobuf", protobuf_only), ("wire", contextlib.nullcontext)):
+                with context():
+                    start = time.perf_counter()
+                    info = describe_caffemodel(member.name, *parse_caffemodel(member.name, archive.read(member.name)))
+                    weights = info.weights_for(list(info.layers), collapsed=False)
+                    total = 0
+                    for lp in weights.net.layer:
+                        for i, blob in enumerate(lp.blobs):
+                            values = weights.arrays.get((lp.name, i))
+                            total += (values if values is not None else np.asarray(blob.data, np.float32)).size
+                    best[mode] = min(best[mode], time.perf_counter() - start)
+    return {f"caffemodel_{mode}_s": s for mode, s in best.items()} | {"caffemodel_mb": member.size / 1e6}
+
+
+def zip_conversion(workdir: Path, kind: str, repeats: int) -> dict:
+    """Build a release-shaped zip of `kind` with ImageNet-size label lists; time inspect and convert on it (min of
+    `repeats`, the two modes alternating), with protobuf alone and with the wire path."""
     import shutil
 
     from jigsawpp.fixtures import make_release_zip
-    from jigsawpp.release import convert_release
+    from jigsawpp.release import convert_release, inspect_release
 
-    zip_path = workdir / "jigsawpp.zip"
+    zip_path = workdir / f"{kind}.zip"
     start = time.perf_counter()
-    make_release_zip(zip_path, "jigsawpp", layout="nested", label_format="txt", n_labels=1_281_167)
-    built = time.perf_counter() - start
-    out = workdir / "converted"
+    make_release_zip(zip_path, kind, layout="nested", label_format="txt", n_labels=1_281_167)
+    row: dict = {"kind": kind, "zip_mb": zip_path.stat().st_size / 1e6, "build_s": time.perf_counter() - start}
+    row.update(caffemodel_stage(zip_path))
+    out = workdir / f"{kind}_converted"
+    for _ in range(repeats):
+        for mode, context in (("protobuf", protobuf_only), ("wire", contextlib.nullcontext)):
+            with context():
+                for stage in ("inspect", "convert"):
+                    shutil.rmtree(out, ignore_errors=True)
+                    start, cpu = time.perf_counter(), time.process_time()
+                    result = inspect_release(zip_path) if stage == "inspect" else convert_release(zip_path, out)
+                    for key, value in ((f"{stage}_{mode}_s", time.perf_counter() - start),
+                                       (f"{stage}_{mode}_cpu_s", time.process_time() - cpu)):
+                        row[key] = min(row.get(key, float("inf")), value)
+    row["variants"] = list(result["variants"])   # the last conversion's manifest
+    row["output_mb"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    manifest = convert_release(zip_path, out)
-    seconds = time.perf_counter() - start
-    payload = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"zip_mb": zip_path.stat().st_size / 1e6, "build_s": built, "convert_s": seconds,
-            "variants": list(manifest["variants"]), "output_mb": payload / 1e6}
+    zip_path.unlink()
+    return row
 
 
 def main() -> None:
@@ -111,7 +173,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the .onnx files go (default: a temp dir)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per net and runtime (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: torch's)")
-    parser.add_argument("--skip-zip", action="store_true", help="skip the end-to-end release-zip conversion")
+    parser.add_argument("--skip-zip", action="store_true", help="skip the end-to-end release-zip conversions")
+    parser.add_argument("--skip-forward", action="store_true", help="skip the ONNX vs PyTorch forward timing")
+    parser.add_argument("--zip-repeats", type=int, default=2, help="conversions per zip and mode (min reported)")
     args = parser.parse_args()
     import torch
 
@@ -119,18 +183,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        rows = forward_comparison(workdir, args.repeats, threads)
-        zip_row = None if args.skip_zip else zip_conversion(workdir)
-    print(f"threads: {threads} (torch and onnxruntime intra-op), median of {args.repeats} runs after 1 warm-up")
+        rows = [] if args.skip_forward else forward_comparison(workdir, args.repeats, threads)
+        kinds = [] if args.skip_zip else ["jigsawpp", "cc"]
+        zip_rows = [zip_conversion(workdir, kind, args.zip_repeats) for kind in kinds]
+    if rows:
+        print(f"threads: {threads} (torch and onnxruntime intra-op), median of {args.repeats} runs after 1 warm-up")
     for row in rows:
         batch = "x".join(str(d) for d in row["input"])
         print(f"{row['net']:<28} input {batch:<14} torch {row['torch_s'] * 1e3:8.1f} ms   "
               f"onnxruntime[{row['provider']}] {row['ort_s'] * 1e3:8.1f} ms   ort/torch {row['ratio']:.2f}x")
 
-    if zip_row is not None:
-        print(f"release zip end to end: {zip_row['zip_mb']:.0f} MB zip (built in {zip_row['build_s']:.1f} s) -> "
-              f"convert_release {zip_row['convert_s']:.1f} s ({zip_row['zip_mb'] / zip_row['convert_s']:.0f} MB/s), "
-              f"variants {zip_row['variants']}, {zip_row['output_mb']:.0f} MB written")
+    for z in zip_rows:
+        mb = z["zip_mb"]
+        print(f"release zip {z['kind']}: {mb:.0f} MB (built in {z['build_s']:.1f} s), variants {z['variants']}, "
+              f"{z['output_mb']:.0f} MB written")
+        for stage in ("caffemodel", "inspect", "convert"):
+            pb, wire = z[f"{stage}_protobuf_s"], z[f"{stage}_wire_s"]
+            size = z["caffemodel_mb"] if stage == "caffemodel" else mb
+            cpu = (f"   CPU {z[f'{stage}_protobuf_cpu_s']:.2f} s / {z[f'{stage}_wire_cpu_s']:.2f} s"
+                   if f"{stage}_wire_cpu_s" in z else "")
+            print(f"  {stage:<10} protobuf alone {pb:6.2f} s ({size / pb:5.0f} MB/s)   wire path {wire:6.2f} s "
+                  f"({size / wire:5.0f} MB/s)   protobuf/wire {pb / wire:.2f}x{cpu}")
 
 
 if __name__ == "__main__":

@@ -101,5 +101,8 @@ def verify(model_dir: str | os.PathLike[str], results: Sequence[str | os.PathLik
         if not scores.is_file():
             raise FileNotFoundError(f"{scores} does not exist; pass the --out folder of `jigsawpp eval detection` "
                                     "or a scores.json written by `jigsawpp eval score-detections`.")
-        rows.append(_detection_row(scores, table3))
+        from eval.classification.provenance import cls_seg_verify_row
+
+        row = cls_seg_verify_row(scores, table3)  # None unless a classification or segmentation result
+        rows.append(row if row is not None else _detection_row(scores, table3))
     return method, rows

@@ -2,10 +2,12 @@
 
 The zips' layout is undocumented (research notes, section 1.2), so nothing here trusts folder or file names alone:
 
-* a caffemodel is a binary `NetParameter` whose layers carry blobs (parsed with `caffe_import`);
-* a prototxt is text that parses as a `NetParameter` with layers; it is scored by how many of its weight layers
-  match the caffemodel's layers by name AND blob shape (shapes inferred by building the net on the meta device),
-  directly or after collapsing the 9 towers of a context-free network (`conv1_s1..conv1_s9` -> `conv1`);
+* a caffemodel is a binary `NetParameter` whose layers carry blobs, read from the member's bytes as
+  `caffe_import.read_caffemodel_arrays` reads a file (`caffe_import.wire`: the float payloads are lifted into
+  numpy arrays before protobuf parses the rest; about twice as fast as converting parsed repeated fields on
+  release-size caffemodels, benchmarks/onnx_speed.py);
+* a prototxt is text that parses as a `NetParameter` with layers, scored against the caffemodel by
+  `jigsawpp.release_prototxt`;
 * a 9-tower caffemodel (MehdiNoroozi/JigsawPuzzleSolver `train_val_cfn_jps++.prototxt`: layers `conv1_s{i}` sharing
   param `conv1_w`...) stores one copy of the shared weights per tower, which must be identical;
 * permutation files are the authors' `.bin` (int32 LE header [N, 9], then N*9 1-based indices; read by
@@ -19,13 +21,14 @@ import io
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-import caffe_import
 from caffe_import.parse import upgrade_net
 from caffe_import.proto import caffe_pb2
-from caffe_import.weights import blob_shape, shape_equals
+from caffe_import.weights import blob_shape
+from caffe_import.wire import BlobKey, WireError, lift_blob_data
 
 Shape = tuple[int, ...]
 TOWER = re.compile(r"^(?P<base>.+)_s(?P<index>\d+)$")
@@ -55,9 +58,16 @@ class TowerReport:
         return not self.missing and all(d == 0.0 for d in self.max_abs_diff.values())
 
 
+class LayerWeights(NamedTuple):
+    """Caffemodel layers ready for `caffe_import.load_weights(net, weights.net, lifted=weights.arrays)`."""
+
+    net: caffe_pb2.NetParameter              # the layers; blob data left out where `arrays` holds it
+    arrays: dict[BlobKey, np.ndarray]        # (layer name, blob index) -> float32 values, flat
+
+
 @dataclass(frozen=True)
 class CaffemodelInfo:
-    """A parsed caffemodel and what it is."""
+    """A parsed caffemodel and what it is; `net` lacks the blob data that `arrays` holds (see `parse_caffemodel`)."""
 
     member: str
     kind: str                                # "cfn" (9 towers), "alexnet" (conv1..conv5 [fc6..fc8]), "other"
@@ -66,6 +76,7 @@ class CaffemodelInfo:
     collapsed: dict[str, tuple[Shape, ...]]  # the same after collapsing towers (base names; tower 1 = first)
     towers: TowerReport | None
     net: caffe_pb2.NetParameter = field(repr=False, compare=False)
+    arrays: dict[BlobKey, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def blobs(self, name: str, *, collapsed: bool) -> list[caffe_pb2.BlobProto] | None:
         """BlobProtos of layer `name` (raw name, or base name of the first tower when collapsed)."""
@@ -93,22 +104,39 @@ class CaffemodelInfo:
                 out[lp.name] = lp
         return out
 
-    def weights_for(self, names: list[str], *, collapsed: bool) -> caffe_pb2.NetParameter:
-        """A caffemodel NetParameter holding exactly the layers `names` (renamed to base names when collapsed)."""
+    def weights_for(self, names: list[str], *, collapsed: bool) -> LayerWeights:
+        """Exactly the layers `names` (renamed to base names when collapsed) with their lifted arrays. The arrays
+        are shared, not copied: a net that binds them must not write to its parameters in place."""
         index = self._collapsed_index if collapsed else self._raw_index
         out = caffe_pb2.NetParameter(name=self.net.name)
+        arrays: dict[BlobKey, np.ndarray] = {}
         for name in names:
+            source = index[name]
             lp = out.layer.add()
-            lp.CopyFrom(index[name])
+            lp.CopyFrom(source)
             lp.name = name
             del lp.param[:]  # tower param names (conv1_w) would tie nothing in a single tower
-        return out
+            for i in range(len(source.blobs)):
+                if (source.name, i) in self.arrays:
+                    arrays[(name, i)] = self.arrays[(source.name, i)]
+        return LayerWeights(out, arrays)
 
 
-def parse_caffemodel(member: str, data: bytes) -> caffe_pb2.NetParameter:
+def parse_caffemodel(member: str, data: bytes | bytearray | memoryview
+                     ) -> tuple[caffe_pb2.NetParameter, dict[BlobKey, np.ndarray]]:
+    """(upgraded NetParameter without the lifted blob data, {(layer name, blob index): float32 array}).
+
+    The payloads of packed float blobs are lifted out of `data` first (`caffe_import.wire.lift_blob_data`, as
+    `caffe_import.read_caffemodel_arrays` does for a file); bytes that do not walk as protobuf go to protobuf
+    whole, so a corrupt member gets protobuf's error. The arrays are fresh copies: `data` can be freed.
+    """
+    try:
+        stripped, arrays = lift_blob_data(data)
+    except WireError:
+        stripped, arrays = bytes(data), {}
     net = caffe_pb2.NetParameter()
     try:
-        net.ParseFromString(data)
+        net.ParseFromString(stripped)
     except Exception as exc:  # DecodeError or RuntimeError depending on the protobuf backend
         raise ReleaseError(f"{member}: not a binary Caffe NetParameter ({exc}); the caffemodel is corrupt or "
                            "truncated.") from None
@@ -117,16 +145,19 @@ def parse_caffemodel(member: str, data: bytes) -> caffe_pb2.NetParameter:
         net = upgrade_net(net, source=member)
     if not any(len(lp.blobs) for lp in net.layer):
         raise ReleaseError(f"{member}: a NetParameter without weights (no layer has blobs); not a caffemodel.")
-    return net
+    return net, arrays
 
 
 ALEXNET_CONV_SHAPES = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
                        "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}
 
 
-def describe_caffemodel(member: str, net: caffe_pb2.NetParameter) -> CaffemodelInfo:
+def describe_caffemodel(member: str, net: caffe_pb2.NetParameter,
+                        arrays: dict[BlobKey, np.ndarray] | None = None) -> CaffemodelInfo:
+    """What the caffemodel `net` is (`arrays`: its lifted blob data, from `parse_caffemodel`)."""
+    arrays = arrays or {}
     layers = {lp.name: tuple(blob_shape(b) for b in lp.blobs) for lp in net.layer if len(lp.blobs)}
-    towers = _towers(net)
+    towers = _towers(net, arrays)
     collapsed: dict[str, tuple[Shape, ...]] = {}
     for name, shapes in layers.items():
         m = TOWER.match(name)
@@ -147,7 +178,17 @@ def describe_caffemodel(member: str, net: caffe_pb2.NetParameter) -> CaffemodelI
     else:
         kind = "other"
         why = "the layers are not AlexNet's conv1..conv5 (nor a 9-tower CFN of them)"
-    return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net)
+    return CaffemodelInfo(member, kind, why, layers, collapsed, towers, net, arrays)
+
+
+def fc6_inputs(model: CaffemodelInfo) -> int | None:
+    """How many inputs the caffemodel's fc6 (tower-collapsed) takes: C*H*W of the pool5 it was trained on (2304 =
+    256x3x3 for a 64-px tile at conv1 stride 2, 9216 = 256x6x6 for 227 px at stride 4); None without fc6."""
+    shapes = model.collapsed.get("fc6")
+    if not shapes:
+        return None
+    weight = _squeeze(shapes[0])
+    return int(np.prod(weight[1:])) if len(weight) >= 2 else None
 
 
 def _squeeze(shape: Shape) -> Shape:
@@ -157,7 +198,7 @@ def _squeeze(shape: Shape) -> Shape:
     return shape
 
 
-def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
+def _towers(net: caffe_pb2.NetParameter, arrays: dict[BlobKey, np.ndarray]) -> TowerReport | None:
     groups: dict[str, dict[int, caffe_pb2.LayerParameter]] = {}
     for lp in net.layer:
         m = TOWER.match(lp.name)
@@ -171,7 +212,7 @@ def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
     missing: list[str] = []
     for base, members in groups.items():
         first = members[min(members)]
-        ref = [_array(b) for b in first.blobs]
+        ref = [_blob_values(first, i, arrays) for i in range(len(first.blobs))]
         worst = 0.0
         for i in indices:
             lp = members.get(i)
@@ -181,156 +222,23 @@ def _towers(net: caffe_pb2.NetParameter) -> TowerReport | None:
             if len(lp.blobs) != len(ref) or any(blob_shape(b) != blob_shape(r) for b, r in zip(lp.blobs, first.blobs)):
                 worst = float("inf")
                 continue
-            for b, r in zip(lp.blobs, ref):
-                a = _array(b)
+            for j, r in enumerate(ref):
+                a = _blob_values(lp, j, arrays)
                 if a.size:
                     worst = max(worst, float(np.max(np.abs(a - r))))
         diffs[base] = worst
     return TowerReport(indices, tuple(groups), diffs, tuple(missing))
 
 
-def _array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+def _blob_values(lp: caffe_pb2.LayerParameter, index: int, arrays: dict[BlobKey, np.ndarray]) -> np.ndarray:
+    """Blob `index` of layer `lp`: its lifted array, else the values parsed into the message."""
+    lifted = arrays.get((lp.name, index))
+    if lifted is not None:
+        return lifted
+    blob = lp.blobs[index]
     if len(blob.data):
         return np.asarray(blob.data, dtype=np.float32)
     return np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
-
-
-# -- prototxt ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PrototxtScore:
-    """How well one prototxt describes the caffemodel."""
-
-    member: str
-    net_name: str
-    role: str                  # "deploy" (has inputs), "train_val" (data layers, no Input), "not a net"
-    mode: str | None           # "raw" (names as in the caffemodel) or "towers collapsed"
-    matched: tuple[str, ...]   # weight layers matching by name and shape
-    mismatched: tuple[str, ...]  # "<layer>: <prototxt shapes> vs <caffemodel shapes>"
-    missing: tuple[str, ...]   # weight layers the caffemodel lacks
-    unused: tuple[str, ...]    # caffemodel layers (in that mode) the prototxt does not use
-    conv1_stride: int | None
-    input_shape: Shape | None
-    notes: tuple[str, ...]
-    net: caffe_pb2.NetParameter | None = field(default=None, repr=False, compare=False)
-    text: str = field(default="", repr=False, compare=False)
-
-    @property
-    def fits(self) -> bool:
-        """True when loading the caffemodel into this prototxt succeeds (every weight layer found, shapes equal)."""
-        return self.role == "deploy" and bool(self.matched) and not self.mismatched and not self.missing
-
-    @property
-    def n_weight_layers(self) -> int:
-        return len(self.matched) + len(self.mismatched) + len(self.missing)
-
-    @property
-    def rank(self) -> tuple:
-        coverage = len(self.matched) / max(len(self.matched) + len(self.unused), 1)
-        return (self.fits, len(self.matched) / max(self.n_weight_layers, 1), coverage, -len(self.mismatched))
-
-    @property
-    def why(self) -> str:
-        if self.role != "deploy" and self.role != "train_val":
-            return self.role
-        parts = [f"{len(self.matched)}/{self.n_weight_layers} weight layers match the caffemodel by name and shape"
-                 + (f" ({self.mode})" if self.mode else "")]
-        if self.mismatched:
-            parts.append("shape mismatch " + "; ".join(self.mismatched[:3]))
-        if self.missing:
-            parts.append(f"not in the caffemodel: {', '.join(self.missing[:6])}")
-        if self.unused:
-            parts.append(f"caffemodel layers it does not use: {', '.join(self.unused[:6])}"
-                         + (", ..." if len(self.unused) > 6 else ""))
-        if self.conv1_stride:
-            parts.append(f"conv1 stride {self.conv1_stride}")
-        if self.input_shape:
-            parts.append(f"input {'x'.join(map(str, self.input_shape))}")
-        if self.role == "train_val":
-            parts.append("a train/val net (no Input layer), not a deploy")
-        return "; ".join(parts)
-
-
-def read_prototxt_text(member: str, text: str) -> tuple[caffe_pb2.NetParameter, tuple[str, ...]]:
-    """Parse prototxt text, turning the importer's warnings (unknown fork fields) into notes."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = caffe_import.read_prototxt_string(text, source=member)
-    return net, tuple(str(w.message) for w in caught)
-
-
-def expected_weight_shapes(net: caffe_pb2.NetParameter, member: str) -> tuple[dict[str, tuple[Shape, ...]], str, str]:
-    """({weight layer: blob shapes}, role, note) by building the net on the meta device (no memory, no fillers)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = caffe_import.build_graph(net, phase="TEST", source=member)
-            cnet = caffe_import.CaffeNet(graph)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable as a deploy"; say why
-        shapes = {lp.name: () for lp in net.layer if lp.type in WEIGHT_TYPES}
-        role = "train_val" if any(lp.type in ("Data", "ImageData", "HDF5Data", "WindowData") for lp in net.layer) \
-            else "deploy?"
-        return shapes, role, f"cannot build the net: {exc}"
-    shapes = {}
-    for layer in cnet.layers_with_shapes:
-        module = cnet.module_of(layer.name)
-        if module.caffe_blobs:
-            shapes[layer.name] = tuple(tuple(getattr(module, a).shape) for a in module.caffe_blobs)
-    return shapes, "deploy", ""
-
-
-def conv1_stride(net: caffe_pb2.NetParameter) -> int | None:
-    """Stride of the first convolution (conv1, or conv1_s1 in a CFN)."""
-    for lp in net.layer:
-        if lp.type == "Convolution":
-            p = lp.convolution_param
-            return int(p.stride[0]) if len(p.stride) else int(p.stride_h or 1)
-    return None
-
-
-def input_shape(net: caffe_pb2.NetParameter) -> Shape | None:
-    for lp in net.layer:
-        if lp.type == "Input" and len(lp.input_param.shape):
-            return tuple(int(d) for d in lp.input_param.shape[0].dim)
-    return None
-
-
-def score_prototxt(member: str, text: str, model: CaffemodelInfo | None) -> PrototxtScore:
-    """Parse `text` and match its weight layers against `model` (raw names and tower-collapsed names)."""
-    try:
-        net, notes = read_prototxt_text(member, text)
-    except Exception as exc:  # noqa: BLE001
-        return PrototxtScore(member, "", f"not a net ({str(exc)[:160]})", None, (), (), (), (), None, None, ())
-    weight_layers = [lp for lp in net.layer if lp.type in WEIGHT_TYPES]
-    if not weight_layers:
-        what = "a solver, not a net" if SOLVER_HINT.search(text) else "not a net (no layers with weights)"
-        return PrototxtScore(member, net.name, what, None, (), (), (), (), None, None, notes)
-    shapes, role, note = expected_weight_shapes(net, member)
-    notes = notes + ((note,) if note else ())
-    best: PrototxtScore | None = None
-    views = [("raw", False)] + ([("towers collapsed", True)] if model is not None and model.towers else [])
-    for mode, collapsed in views:
-        table = (model.collapsed if collapsed else model.layers) if model is not None else {}
-        matched, mismatched, missing = [], [], []
-        for name, expected in shapes.items():
-            blobs = model.blobs(name, collapsed=collapsed) if model is not None else None
-            if blobs is None:
-                missing.append(name)
-            elif not expected:  # shapes unknown (net could not be built): name match only
-                matched.append(name)
-            elif len(blobs) == len(expected) and all(shape_equals(b, e) for b, e in zip(blobs, expected)):
-                matched.append(name)
-            else:
-                got = [blob_shape(b) for b in blobs]
-                mismatched.append(f"{name}: {list(expected)} vs {got}")
-        unused = tuple(k for k in table if k not in shapes)
-        candidate = PrototxtScore(member, net.name, role, mode if model is not None else None, tuple(matched),
-                                  tuple(mismatched), tuple(missing), unused, conv1_stride(net), input_shape(net),
-                                  notes, net, text)
-        if best is None or candidate.rank > best.rank:
-            best = candidate
-    assert best is not None
-    return best
 
 
 # -- permutations ---------------------------------------------------------------------------------------------------

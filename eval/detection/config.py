@@ -12,19 +12,17 @@ Sources, abbreviated in the comments:
   [rcnn]     rbgirshick/rcnn ``selective_search/selective_search_boxes.m`` (how Fast R-CNN's proposals were made)
   [pyfrcnn]  rbgirshick/py-faster-rcnn ``lib/fast_rcnn/config.py`` (a later variant, only where named)
 
-Overrides are strict (`FastRCNNConfig.from_dict`, `replace`): an unknown key is an error naming it, as in
-``_merge_a_into_b`` of [cfg]; values are type-checked.
+Overrides are strict (`FastRCNNConfig.from_dict`, `replace`; `eval.config_fields`): an unknown key is an error naming
+it, as in ``_merge_a_into_b`` of [cfg]; values are type-checked.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eval.config_fields import check_types, config_from_dict, config_to_dict
 from jigsawpp.constants import FAST_RCNN_PIXEL_MEANS_BGR
 
 __all__ = ["PROTOCOLS", "FastRCNNConfig", "protocol"]
@@ -103,7 +101,7 @@ class FastRCNNConfig:
 
     # ------------------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         problems = []
         if not self.train_scales or not self.test_scales:
             problems.append("train_scales and test_scales must not be empty")
@@ -136,68 +134,11 @@ class FastRCNNConfig:
         return FastRCNNConfig.from_dict({**self.to_dict(), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in _fields()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FastRCNNConfig:
-        known = {f.name for f in _fields()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(
-                f"FastRCNNConfig: unknown key(s) {unknown}; valid keys are: {', '.join(sorted(known))}."
-            )
-        hints = typing.get_type_hints(cls)
-        converted = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-        return cls(**converted)
-
-
-def _fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(FastRCNNConfig)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """JSON gives lists and ints where the dataclass wants tuples and floats; convert only those."""
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        value = tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if origin is tuple and isinstance(value, tuple):
-        args = typing.get_args(hint)
-        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-        if inner is float or float in args:
-            value = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
-    return value
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, float)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _check_types(cfg: FastRCNNConfig) -> None:
-    hints = typing.get_type_hints(FastRCNNConfig)
-    for f in _fields():
-        value = getattr(cfg, f.name)
-        if not _matches(value, hints[f.name]):
-            raise TypeError(f"FastRCNNConfig.{f.name} = {value!r} does not have the type {hints[f.name]}.")
+        return config_from_dict(cls, values)
 
 
 # Named protocols: the paper's and the variants other self-supervised papers used.

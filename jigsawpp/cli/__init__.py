@@ -203,6 +203,8 @@ def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool) -> None
 
 from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I001
 _register_eval(main)
+from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
+_register_voc(main)
 from jigsawpp.cli.pretext_cmds import register as _register_pretext  # noqa: E402, I001
 _register_pretext(main)
 

