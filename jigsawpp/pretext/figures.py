@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jigsawpp.puzzle import PuzzleBatch, PuzzleConfig
+from jigsawpp.puzzle import PuzzleBatch, PuzzleConfig, assemble
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def draw_puzzles(crops: torch.Tensor, batch: PuzzleBatch, perms: torch.Tensor, p
     c = config or PuzzleConfig()
     n = crops.shape[0]
     fig = plt.figure(figsize=(12, 3.3 * n))
-    grid = fig.add_gridspec(n, 3, width_ratios=[1, 1.1, 1], wspace=0.08, hspace=0.25)
+    grid = fig.add_gridspec(n, 3, width_ratios=[1, 1.1, 1], wspace=0.12, hspace=0.25)
     labels, occluded = [], []
     for row in range(n):
         label = int(batch.labels[row])
@@ -77,11 +77,8 @@ def draw_puzzles(crops: torch.Tensor, batch: PuzzleBatch, perms: torch.Tensor, p
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3 if slot in slots else 0.5)
             if slot == 1:
-                tax.set_title(f"tiles in slot order: permutation {label}, {mode}, {len(slots)} occluder(s)",
-                              fontsize=9)
+                tax.set_title(f"slots: permutation {label}, {mode}, {len(slots)} occluded", fontsize=9)
         ax = fig.add_subplot(grid[row, 2])
-        from jigsawpp.puzzle import assemble
-
         ax.imshow(_tile_image(assemble(batch.tiles[row], perm, config=c, fill=255.0)))
         for slot in slots:
             r, q = divmod(int(perm[slot]), c.grid)
