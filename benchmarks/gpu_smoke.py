@@ -583,6 +583,17 @@ def jigsawpp_pretext(ctx: Context) -> tuple[str, dict]:
         if diff != 0.0:
             raise AssertionError(f"the converted release zip's tower differs from the trained one by {diff}")
         figures[-1] += ", zip -> convert identical"
+        # the learning check: a short run on the packaged photos, puzzle accuracy on the held-out ones
+        from jigsawpp.pretext.sample_run import run_sample
+
+        sample = run_sample(ctx.tmp / "pretext_sample", iterations=2000, batch_size=64, permutations=10,
+                            base_lr=0.001, device=str(device), workers=8, amp="bf16")
+        data["sample_run"] = {"iterations": sample.iterations, "seconds": sample.seconds, "chance": sample.chance,
+                              "before": sample.before.to_dict(), "after": sample.after.to_dict()}
+        figures.append(f"sample run {sample.iterations} its ({sample.train_photos} photos): held-out puzzle accuracy "
+                       f"{sample.before.accuracy:.2f} -> {sample.after.accuracy:.2f} (chance {sample.chance:.2f})")
+        if not sample.after.accuracy >= 2 * sample.chance:
+            raise AssertionError("; ".join(figures) + ": held-out accuracy is not well above chance")
     return "; ".join(figures), data
 
 

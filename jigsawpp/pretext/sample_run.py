@@ -73,12 +73,14 @@ class SampleRun:
 
 def run_sample(out_dir: str | os.PathLike[str], *, iterations: int = 300, batch_size: int = 16,
                permutations: int = 10, base_lr: float = 0.001, per_image: int = 20, seed: int = 0,
-               overwrite: bool = False, progress: bool = False) -> SampleRun:
+               device: str | None = None, workers: int = 1, amp: str = "off", overwrite: bool = False,
+               progress: bool = False) -> SampleRun:
     """Train on the packaged photos and score the held-out ones (see the module docstring); resumable."""
     import time
 
     import torch
 
+    from jigsawpp.engine.distributed import resolve_device
     from jigsawpp.permutations import load_permutations
     from jigsawpp.pretext.evaluate import evaluate_puzzles
     from jigsawpp.pretext.networks import ContextFreeNetwork
@@ -105,10 +107,11 @@ def run_sample(out_dir: str | os.PathLike[str], *, iterations: int = 300, batch_
     config = PretextConfig().with_overrides({
         "permutations": permutations, "batch_size": batch_size, "max_iters": iterations, "base_lr": base_lr,
         "stepsize": max(iterations, 1), "snapshot_iters": max(iterations // 4, 1), "display": 10, "seed": seed,
-        "workers": 1, "puzzle.resize": 320, "puzzle.train_crop": "random"})
+        "workers": workers, "amp": amp, "puzzle.resize": 320, "puzzle.train_crop": "random"})
     start = time.perf_counter()
     run = out / "train"
-    result = train_pretext(lists["train"], run, config=config, overwrite=overwrite, progress=progress, export=False)
+    result = train_pretext(lists["train"], run, config=config, device=device, overwrite=overwrite, progress=progress,
+                           export=False)
     perms = load_permutations(run / PERMUTATIONS_NAME)
     torch.manual_seed(seed)
     initial = ContextFreeNetwork(cfn_config(config, len(perms)))
@@ -116,6 +119,6 @@ def run_sample(out_dir: str | os.PathLike[str], *, iterations: int = 300, batch_
     scored = {}
     for label, model in (("before", initial), ("after", load_model(run / MODEL_NAME))):
         scored[label] = evaluate_puzzles(model, [str(p) for p in held], perms, per_image=per_image, batch_size=8,
-                                         seed=seed)
+                                         seed=seed, device=resolve_device(device))
     return SampleRun(out, len(train), len(held), result.iterations, time.perf_counter() - start, scored["before"],
                      scored["after"], 1.0 / len(perms))
