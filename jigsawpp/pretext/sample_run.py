@@ -16,6 +16,10 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jigsawpp.pretext.evaluate import PuzzleAccuracy
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
 LABELME = Path("/usr/share/doc/labelme-examples/examples")
@@ -66,8 +70,8 @@ class SampleRun:
     held_out_photos: int
     iterations: int
     seconds: float
-    before: object   # PuzzleAccuracy of the initial weights
-    after: object    # PuzzleAccuracy after training
+    before: PuzzleAccuracy   # of the initial weights
+    after: PuzzleAccuracy    # after training
     chance: float
 
 
