@@ -163,3 +163,13 @@ def test_invalid_configs_and_inputs():
     with pytest.raises(ValueError, match=r"crops must be \(B, 3, 255, 255\)"):
         make_puzzles(torch.zeros(2, 3, 200, 200, dtype=torch.uint8), PERMS, generator=torch.Generator())
     assert crops_to_tensor([np.zeros((255, 255, 3), np.uint8)] * 2).shape == (2, 3, 255, 255)
+
+
+def test_offset_draws_cover_exactly_the_forks_ranges():
+    from jigsawpp.puzzle import _draw_offsets
+
+    jitter, shift = _draw_offsets(2000, 9, CONFIG, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (int(jitter.min()), int(jitter.max())) == (0, 18)       # rand() % (jitter_size + 1)
+    assert (int(shift.min()), int(shift.max())) == (0, 2)          # rand() % 3
+    counts = torch.bincount(jitter.flatten(), minlength=19).float()
+    assert float(counts.min() / counts.max()) > 0.8                # uniform
