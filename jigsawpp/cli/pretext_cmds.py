@@ -177,13 +177,15 @@ def train_cmd(data: Path, arch: str, out: Path, perms_file: Path | None, max_ite
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result as JSON.")
 def eval_cmd(model: Path, data: Path, perms_file: Path | None, per_image: int, batch_size: int, seed: int,
              device: str | None, workers: int, out: Path | None) -> None:
-    """Puzzle accuracy on held-out images, overall and by number of occluders (0, 1, 2)."""
+    """Puzzle accuracy on held-out images, overall and by number of occluders (0, 1, 2). A training folder's
+    puzzle settings (provenance.json) are used; otherwise the authors'."""
     from jigsawpp.data import DatasetLayoutError, ImageReadError
     from jigsawpp.engine.distributed import resolve_device
     from jigsawpp.permutations import PermutationFileError, load_permutations
     from jigsawpp.pretext.data import list_images
     from jigsawpp.pretext.evaluate import evaluate_puzzles, model_from_path
-    from jigsawpp.pretext.train import PERMUTATIONS_NAME
+    from jigsawpp.pretext.train import PERMUTATIONS_NAME, PROVENANCE_NAME
+    from jigsawpp.puzzle import PuzzleConfig
 
     try:
         if perms_file is None:
@@ -192,8 +194,12 @@ def eval_cmd(model: Path, data: Path, perms_file: Path | None, per_image: int, b
             perms_file = model / PERMUTATIONS_NAME
         perms = load_permutations(perms_file)
         network = model_from_path(model)
-        result = evaluate_puzzles(network, list_images(data), perms, per_image=per_image, batch_size=batch_size,
-                                  seed=seed, device=resolve_device(device), workers=workers, progress=True)
+        puzzle = PuzzleConfig()
+        if model.is_dir() and (model / PROVENANCE_NAME).is_file():  # the puzzles the model was trained on
+            puzzle = PuzzleConfig.from_dict(json.loads((model / PROVENANCE_NAME).read_text())["config"]["puzzle"])
+        result = evaluate_puzzles(network, list_images(data), perms, config=puzzle, per_image=per_image,
+                                  batch_size=batch_size, seed=seed, device=resolve_device(device), workers=workers,
+                                  progress=True)
     except (DatasetLayoutError, ImageReadError, PermutationFileError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
     click.echo(f"puzzle accuracy {result.accuracy:.4f} on {result.puzzles} puzzles of {result.images} images "
