@@ -586,7 +586,7 @@ def jigsawpp_pretext(ctx: Context) -> tuple[str, dict]:
         # the learning check: a short run on the packaged photos, puzzle accuracy on the held-out ones
         from jigsawpp.pretext.sample_run import run_sample
 
-        sample = run_sample(ctx.tmp / "pretext_sample", iterations=2000, batch_size=64, permutations=10,
+        sample = run_sample(ctx.tmp / "pretext_sample", iterations=4000, batch_size=64, permutations=10,
                             base_lr=0.001, device=str(device), workers=8, amp="bf16")
         data["sample_run"] = {"iterations": sample.iterations, "seconds": sample.seconds, "chance": sample.chance,
                               "before": sample.before.to_dict(), "after": sample.after.to_dict()}
