@@ -38,7 +38,8 @@ setup(
     extras_require={
         # scikit-image: real photos in its wheel (skimage.data) for the image-reading and dataset tests;
         # scikit-learn: the oracle of the VOC classification AP tests (Kraehenbuehl et al. report its AP), real
-        # labelled digits and the NMI/ARI/nearest-neighbour oracles of the transfer tests
+        # labelled digits and the NMI/ARI/nearest-neighbour oracles of the transfer tests, the probes' independent
+        # oracle (multinomial LogisticRegression)
         "test": ["pytest>=7.4", "grpcio-tools>=1.60", "imgviz>=1.7", "ruff>=0.5", "scikit-image>=0.21",
                  "scikit-learn>=1.3"],
     },

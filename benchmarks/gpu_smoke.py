@@ -318,6 +318,53 @@ def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
             {"seconds_per_image": seconds, "scales": list(cfg.test_scales), "proposals": len(proposals)})
 
 
+@step("probe-features")
+def probe_features(ctx: Context) -> tuple[str, dict]:
+    """The linear probes' feature taps (CaffeNet conv1..conv5 + five resizes) against torchvision's AlexNet."""
+    from benchmarks.probe_speed import extraction_rate
+
+    batch, reps, size = (2, 1, 67) if ctx.tiny else (256, 10, 227)
+    amps = ("off", "bf16") if ctx.device.type == "cuda" else ("off",)
+    data = extraction_rate(ctx.device, batch=batch, amps=amps, reps=reps, size=size)
+    if ctx.device.type == "cuda" and not ctx.tiny and data["off"]["ratio"] < 0.9:
+        raise AssertionError(f"feature taps reach {data['off']['ratio']:.2f} of torchvision AlexNet's images/s "
+                             "(>= 0.9 expected)")
+    return (", ".join(f"{'fp32' if a == 'off' else a} {d['taps_images_per_s']:.0f} img/s = {d['ratio']:.2f}x "
+                      "torchvision AlexNet" for a, d in data.items()) + f" (batch {batch})", data)
+
+
+@step("linear-probe-run")
+def linear_probe_run(ctx: Context) -> tuple[str, dict]:
+    """`jigsawpp eval linear` end to end with a feature cache (bf16 autocast on CUDA)."""
+    _needs_caffe_import()
+    from benchmarks.probe_speed import time_linear_run
+
+    amp = "bf16" if ctx.device.type == "cuda" else "off"
+    args = dict(iters=2, batch=4, image_size=72, crop=67, per_class=4, workers=0) if ctx.tiny else \
+        dict(iters=200, batch=64, workers=8)
+    data = time_linear_run(ctx.device, ctx.tmp / "probes", amp=amp, **args)
+    return (f"extraction {data['extraction_images_per_s']:.0f} img/s ({data['images']} images), training "
+            f"{data['train_seconds_per_iter'] * 1000:.1f} ms/it at batch {data['batch']}, top-1 "
+            + "/".join(f"{v:.0f}" for v in data["top1"].values()) + " (2 classes)", data)
+
+
+@step("nonlinear-train")
+def nonlinear_train(ctx: Context) -> tuple[str, dict]:
+    """The nonlinear classifier (conv3 frozen) for a few iterations per precision."""
+    _needs_caffe_import()
+    from benchmarks.probe_speed import time_nonlinear
+
+    precisions = _precisions(ctx)
+    args = dict(iters=2, batch=4, image_size=72, crop=67, fc_units=64, per_class=4, workers=0) if ctx.tiny else \
+        dict(iters=20, batch=256, workers=12)
+    data = {amp: time_nonlinear(ctx.device, ctx.tmp / "probes", amp=amp, **args) for amp in precisions}
+    for amp, d in data.items():
+        if not math.isfinite(d["last_loss"]):
+            raise AssertionError(f"nonlinear classifier {amp} loss is {d['last_loss']}")
+    return ", ".join(f"{'fp32' if a == 'off' else a} {d['train_seconds_per_iter'] * 1000:.0f} ms/it "
+                     f"({d['images_per_s']:.0f} img/s)" for a, d in data.items()), data
+
+
 def _precisions(ctx: Context) -> tuple[str, ...]:
     # fp16 autocast is a CUDA path; a tiny CPU run checks fp32 only
     return ("off", "bf16", "fp16") if ctx.device.type == "cuda" else ("off",)
@@ -653,6 +700,108 @@ def transfer_chain(ctx: Context) -> tuple[str, dict]:
     return (f"features {rate:.0f} img/s ({extractor.description.split(', ')[-1]}); {clusters}; CC training {amp} "
             f"{per_iter * 1000:.0f} ms/it at batch {cc.batch_size} x {cc.crop} px (incl. data); release zip converts",
             {"features_images_per_second": rate, "cc_seconds_per_iter": per_iter, "clusters": clusters})
+
+
+@step("jigsawpp-pretext")
+def jigsawpp_pretext(ctx: Context) -> tuple[str, dict]:
+    """Jigsaw++ pretext task on the device: the batched puzzle sampler (rate; exact reassembly and determinism on
+    the device), the full-size AlexNet CFN training step in fp32 and bf16 autocast (iterations/s at batch 256 and
+    the 350K-iteration compute time they imply), then `train_pretext` end to end on the packaged photos (DataLoader
+    workers, puzzles on the device, bf16, release zip) and `jigsawpp convert` of that zip back to the same tower."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    _needs_caffe_import()
+    from jigsawpp.engine.solver import CaffeSGD, param_specs
+    from jigsawpp.models import from_release
+    from jigsawpp.permutations import generate_permutations
+    from jigsawpp.pretext.networks import CFNConfig, ContextFreeNetwork
+    from jigsawpp.pretext.sample_run import packaged_photos
+    from jigsawpp.pretext.train import PretextConfig, load_model, train_pretext
+    from jigsawpp.puzzle import assemble, make_puzzles
+    from jigsawpp.release import convert_release
+
+    device, tiny = ctx.device, ctx.tiny
+    batch = 2 if tiny else 256
+    perms = torch.from_numpy(generate_permutations(30 if tiny else 1000)).to(device)
+    crops = torch.randint(0, 256, (batch, 3, 255, 255), dtype=torch.uint8, device=device)
+    seconds = _timed(ctx, lambda: make_puzzles(crops, perms, generator=torch.Generator(device=device).manual_seed(0)),
+                     warmup=1, reps=2 if tiny else 10)
+    plain = make_puzzles(crops, perms, generator=torch.Generator(device=device).manual_seed(1), jitter=False,
+                         colour=False, occlusion=False)
+    cells = crops[0].unfold(1, 64, 85).unfold(2, 64, 85)[:, :3, :3]  # (3, 3, 3, 64, 64): the 9 cells, jitter 0
+    image = assemble(plain.tiles[0], perms[plain.labels[0]].cpu()).cpu()
+    expected = torch.cat([torch.cat(cells[:, r].unbind(1), dim=2) for r in range(3)], dim=1).float().cpu()
+    if not torch.equal(image, expected):
+        raise AssertionError("puzzle tiles on the device do not reassemble the crop")
+    again = make_puzzles(crops, perms, generator=torch.Generator(device=device).manual_seed(0))
+    first = make_puzzles(crops, perms, generator=torch.Generator(device=device).manual_seed(0))
+    if not torch.equal(again.tiles, first.tiles):
+        raise AssertionError("the same generator seed gave different puzzles on the device")
+    data = {"puzzles_per_s": batch / seconds}
+    figures = [f"sampler {batch / seconds:,.0f} puzzles/s"]
+
+    config = CFNConfig(num_classes=30, fc6=16, fc7=16) if tiny else CFNConfig(num_classes=1000)
+    model = ContextFreeNetwork(config).to(device).train()
+    optimizer = CaffeSGD(param_specs(model), momentum=0.9, weight_decay=5e-4)
+    tiles = torch.rand(batch, 9, 3, 64, 64, device=device) * 255
+    labels = torch.randint(0, config.num_classes, (batch,), device=device)
+    # CPU bf16 autocast is covered by the test suite; toy sizes time fp32 once
+    for label, dtype in (("fp32", None),) + ((("bf16", torch.bfloat16),) if device.type == "cuda" else ()):
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+        def train_step(autocast=autocast) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = F.cross_entropy(model(tiles).float(), labels)
+            loss.backward()
+            optimizer.step(0.001)
+
+        step_seconds = _timed(ctx, train_step, warmup=0 if tiny else 2, reps=1 if tiny else 10)
+        hours = 350_000 * step_seconds * (256 / batch) / 3600
+        data[label] = {"seconds_per_iter": step_seconds, "batch": batch, "hours_for_350k_x_256": hours}
+        figures.append(f"{label} {1 / step_seconds:.2f} it/s at batch {batch} (350K its: {hours:.1f} h compute)")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise AssertionError("non-finite weights after the training steps")
+
+    photos = [str(p) for p in packaged_photos()]
+    if len(photos) < 2:
+        raise Skip("fewer than two packaged photos are installed")
+    listing = ctx.tmp / "pretext_photos.txt"
+    listing.write_text("".join(f"{photos[i % len(photos)]}\n" for i in range(max(64, len(photos)))))
+    overrides = {"permutations": 30, "batch_size": 2 if tiny else 64, "max_iters": 1 if tiny else 8,
+                 "snapshot_iters": 4, "display": 1, "workers": 0 if tiny else 8, "amp": "off" if tiny else "bf16"}
+    if tiny:
+        overrides.update(fc6=16, fc7=16)
+    start = time.perf_counter()
+    result = train_pretext(listing, ctx.tmp / "pretext_run", config=PretextConfig().with_overrides(overrides),
+                           device=str(device), progress=False, export=not tiny)
+    run_seconds = time.perf_counter() - start
+    if not np.isfinite(result.last_log.get("loss", float("nan"))) or (result.release_zip is None) != tiny:
+        raise AssertionError(f"pretext run: loss {result.last_log.get('loss')}, zip {result.release_zip}")
+    data["train_pretext"] = {"seconds": run_seconds, "iterations": result.iterations, "last_log": result.last_log}
+    figures.append(f"train_pretext {result.iterations} its in {run_seconds:.0f} s")
+    if not tiny:  # the test suite writes and converts such a zip on the CPU
+        convert_release(result.release_zip, ctx.tmp / "pretext_converted", onnx=False)
+        tower = {k: v.cpu() for k, v in load_model(result.model).tower.state_dict().items()}
+        converted = from_release(ctx.tmp / "pretext_converted", "transfer").state_dict()
+        diff = max(float((converted[k] - tower[k]).abs().max()) for k in tower)
+        if diff != 0.0:
+            raise AssertionError(f"the converted release zip's tower differs from the trained one by {diff}")
+        figures[-1] += ", zip -> convert identical"
+        # the learning check: a short run on the packaged photos, puzzle accuracy on the held-out ones
+        from jigsawpp.pretext.sample_run import run_sample
+
+        sample = run_sample(ctx.tmp / "pretext_sample", iterations=4000, batch_size=64, permutations=10,
+                            base_lr=0.001, device=str(device), workers=8, amp="bf16")
+        data["sample_run"] = {"iterations": sample.iterations, "seconds": sample.seconds, "chance": sample.chance,
+                              "before": sample.before.to_dict(), "after": sample.after.to_dict()}
+        figures.append(f"sample run {sample.iterations} its ({sample.train_photos} photos): held-out puzzle accuracy "
+                       f"{sample.before.accuracy:.2f} -> {sample.after.accuracy:.2f} (chance {sample.chance:.2f})")
+        if not sample.after.accuracy >= 2 * sample.chance:
+            raise AssertionError("; ".join(figures) + ": held-out accuracy is not well above chance")
+    return "; ".join(figures), data
 
 
 # -- driver -------------------------------------------------------------------------------------------------------

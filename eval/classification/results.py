@@ -154,7 +154,7 @@ def plot_classification_curves(ap: ClassificationAP, path: str | os.PathLike[str
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.engine.plots import save_figure
 
     path = Path(path)
     fig = Figure(figsize=(9, 7))
@@ -176,12 +176,4 @@ def plot_classification_curves(ap: ClassificationAP, path: str | os.PathLike[str
     ax.legend(title="class  AP sklearn / 11-pt", fontsize=7, title_fontsize=8, loc="center left",
               bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(fig, path, dpi=120)

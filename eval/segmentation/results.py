@@ -102,7 +102,7 @@ def plot_iu(scores: SegmentationScores, path: str | os.PathLike[str], *, title: 
     from matplotlib.figure import Figure
 
     from eval.segmentation.labels import voc_palette
-    from jigsawpp.io import atomic_path
+    from jigsawpp.engine.plots import save_figure
 
     path = Path(path)
     fig = Figure(figsize=(10, 4.5))
@@ -121,12 +121,4 @@ def plot_iu(scores: SegmentationScores, path: str | os.PathLike[str], *, title: 
     ax.set_title(title or f"segmentation: mean IU {scores.mean_iu:.3f}, pixel accuracy {scores.pixel_accuracy:.3f}",
                  fontsize=9)
     fig.tight_layout()
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -202,6 +202,8 @@ _register_eval(main)
 from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
 _register_voc(main)
 from jigsawpp.cli.transfer_cmds import transfer_group as _transfer; main.add_command(_transfer)  # noqa: E402, E702, I001
+from jigsawpp.cli.pretext_cmds import register as _register_pretext  # noqa: E402, I001
+_register_pretext(main)
 from jigsawpp.cli.reproduce_cmds import register as _reproduce; _reproduce(main)  # noqa: E402, E702, I001
 
 

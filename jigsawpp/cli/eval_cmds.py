@@ -220,3 +220,6 @@ def register(group: click.Group) -> None:
     """Add `eval` and `verify` to the top-level `jigsawpp` group."""
     group.add_command(eval_group)
     group.add_command(verify_cmd)
+    from jigsawpp.cli.eval_probe_cmds import register as register_probes  # eval linear / nonlinear
+
+    register_probes(eval_group)

@@ -7,7 +7,29 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_training_curves", "read_log"]
+__all__ = ["plot_training_curves", "read_log", "save_figure"]
+
+
+def save_figure(fig, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (a temp file beside `path`, renamed into place) with the user's umask;
+    the format follows the suffix (PNG when there is none). Every plot of the project is written through this."""
+    from jigsawpp.io import atomic_path
+
+    path = Path(path)
+    fd, tmp = atomic_path(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if getattr(fig, "number", None) is not None:  # a pyplot figure: free it (Figure objects need nothing)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return path
 
 
 def read_log(log_path: str | os.PathLike[str]) -> list[dict]:
@@ -38,7 +60,6 @@ def plot_training_curves(log_path: str | os.PathLike[str], png_path: str | os.Pa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from jigsawpp.io import atomic_path
 
     records = read_log(log_path)
     if not records:
@@ -68,13 +89,4 @@ def plot_training_curves(log_path: str | os.PathLike[str], png_path: str | os.Pa
     ax.legend(handles, labels, loc="upper right")
     ax.set_title(title or f"training: {Path(log_path).parent.name}")
     fig.tight_layout()
-    path = Path(png_path)
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(fig, png_path, dpi=110)

@@ -329,6 +329,8 @@ def plot_objective(iterations: list[dict], png: Path, *, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jigsawpp.engine.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = [it["iteration"] for it in iterations]
     ax.plot(xs, [it["objective"] for it in iterations], marker="o", ms=3)
@@ -340,6 +342,4 @@ def plot_objective(iterations: list[dict], png: Path, *, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=100)

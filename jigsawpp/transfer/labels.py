@@ -147,6 +147,7 @@ def write_montage(store: FeatureStore, labels: np.ndarray, distances: np.ndarray
     import matplotlib.pyplot as plt
 
     from jigsawpp.data import read_image_bgr
+    from jigsawpp.engine.plots import save_figure
 
     non_empty = np.flatnonzero(np.bincount(labels))
     rng = np.random.default_rng(seed)
@@ -168,6 +169,4 @@ def write_montage(store: FeatureStore, labels: np.ndarray, distances: np.ndarray
     ax.set_ylabel("cluster (size)")
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=100)

@@ -40,6 +40,9 @@ VERIFY = ["verify", "--model", "{ws}/converted"]
 CLASSIFICATION = ["eval", "classification", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 SEGMENTATION = ["eval", "segmentation", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
 REPRODUCE = ["reproduce", "--model", "{ws}/converted", "--voc", "{ws}/voc", "--quiet"]
+LINEAR = ["eval", "linear", "--model", "{ws}/converted", "--data", "{ws}/taken", "--dataset", "folder", "--quiet"]
+NONLINEAR = ["eval", "nonlinear", "--model", "{ws}/converted", "--data", "{ws}/taken", "--freeze-upto", "conv3",
+             "--quiet"]
 
 # (id, argv, fragment of the one Error line)
 CASES = [
@@ -111,6 +114,14 @@ CASES = [
                                               "{ws}/taken"], "does not exist"),
     ("score-segmentation-no-segmentation-sets", ["eval", "score-segmentation", "--voc", "{ws}/voc", "--results",
                                                  "{ws}/taken"], "ImageSets/Segmentation"),
+    # eval linear / nonlinear (frozen-feature classifiers)
+    ("linear-not-an-alexnet", [*LINEAR, "--out", "{tmp}/out"], "is not a Caffe AlexNet/CaffeNet layout"),
+    ("linear-out-under-file", [*LINEAR, "--out", "{ws}/a_file/out"], "which is a file"),
+    ("linear-unknown-setting", [*LINEAR, "--set", "lr=0.1", "--out", "{tmp}/out"], "unknown key(s) ['lr']"),
+    ("linear-bad-device", [*LINEAR, "--device", "cuda:x", "--out", "{tmp}/out"], "is not a torch device"),
+    ("nonlinear-model-not-converted", [*NONLINEAR[:2], "--model", "{ws}/taken", *NONLINEAR[4:], "--out",
+                                       "{tmp}/out"], "no manifest.json"),
+    ("nonlinear-out-read-only", [*NONLINEAR, "--out", "{ro}/out"], "permission denied"),
     # eval score-detections
     ("score-missing-results-files", ["eval", "score-detections", "--voc", "{ws}/voc", "--results", "{ws}/taken"],
      "comp4_det_test_aeroplane.txt does not exist"),

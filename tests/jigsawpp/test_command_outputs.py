@@ -129,7 +129,8 @@ def test_release_conversion_follows_the_umask_and_stale_partials_go(tmp_path, co
     mkdtemp's 0700), partial folders of killed runs removed, a non-empty --out refused before the zip is read."""
     from jigsawpp.fixtures import make_release_zip
 
-    release = make_release_zip(tmp_path / "release.zip", "conv", caffemodel=conv_caffemodel, n_labels=20, seed=3)["path"]
+    zipped = make_release_zip(tmp_path / "release.zip", "conv", caffemodel=conv_caffemodel, n_labels=20, seed=3)
+    release = zipped["path"]
     out = tmp_path / "converted"
     stale = partial_path(out, _dead_pid())
     stale.mkdir()

@@ -56,7 +56,7 @@ def test_fine_tuning_fits_the_photos_and_resumes(runs):
 
 
 @pytest.mark.slow
-def test_cli_rescoring_and_verify(runs, cls_sample, tmp_path):
+def test_cli_rescoring_and_verify(runs, cls_sample, tmp_path, conv_model_dir):
     _, _, trained = runs
     res = CliRunner().invoke(main, ["eval", "score-classification", "--voc", str(cls_sample.root), "--results",
                                     str(trained.results_dir)])
@@ -64,11 +64,15 @@ def test_cli_rescoring_and_verify(runs, cls_sample, tmp_path):
     rescored = json.loads((trained.results_dir / "scores.json").read_text())
     assert rescored["map_sklearn"] == pytest.approx(trained.ap.map_sklearn, abs=1e-12)
     assert rescored["provenance"]["protocol"]["key"] == trained.stamp["key"]
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "manifest.json").write_text(json.dumps({"paper": {"method": "CC+Jigsaw++"}}))
-    res = CliRunner().invoke(main, ["verify", "--model", str(model), "--results", str(trained.out_dir)])
+    # the result records its model: verify accepts it for that model (naming the paper row) and for no other
+    res = CliRunner().invoke(main, ["verify", "--model", str(conv_model_dir), "--method", "CC+Jigsaw++",
+                                    "--results", str(trained.out_dir)])
     assert res.exit_code == 0, res.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"paper": {"method": "CC+Jigsaw++"}}))
+    refused = CliRunner().invoke(main, ["verify", "--model", str(other), "--results", str(trained.out_dir)])
+    assert refused.exit_code == 1 and "not from --model" in refused.output
     row = next(line for line in res.output.splitlines() if line.startswith("table3  classification"))
     assert "69.9" in row and f"{trained.ap.map_sklearn * 100:.1f}" in row
     assert "6 iterations (paper: 80000)" in res.output and "variant fc678 (paper: all)" in res.output

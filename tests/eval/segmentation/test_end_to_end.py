@@ -55,7 +55,7 @@ def test_fine_tuning_fits_the_photos(runs):
 
 
 @pytest.mark.slow
-def test_cli_rescoring_and_verify(runs, seg_sample, tmp_path):
+def test_cli_rescoring_and_verify(runs, seg_sample, tmp_path, conv_model_dir):
     _, trained = runs
     res = CliRunner().invoke(main, ["eval", "score-segmentation", "--voc", str(seg_sample.root), "--split", "val",
                                     "--results", str(trained.results_dir)])
@@ -63,11 +63,15 @@ def test_cli_rescoring_and_verify(runs, seg_sample, tmp_path):
     rescored = json.loads((trained.results_dir / "scores.json").read_text())
     assert rescored["mean_iu"] == pytest.approx(trained.scores.mean_iu, abs=1e-12)
     assert rescored["provenance"]["protocol"]["key"] == trained.stamp["key"]
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "manifest.json").write_text(json.dumps({"paper": {"method": "CC+Jigsaw++"}}))
-    res = CliRunner().invoke(main, ["verify", "--model", str(model), "--results", str(trained.out_dir)])
+    # the result records its model: verify accepts it for that model (naming the paper row) and for no other
+    res = CliRunner().invoke(main, ["verify", "--model", str(conv_model_dir), "--method", "CC+Jigsaw++",
+                                    "--results", str(trained.out_dir)])
     assert res.exit_code == 0, res.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"paper": {"method": "CC+Jigsaw++"}}))
+    refused = CliRunner().invoke(main, ["verify", "--model", str(other), "--results", str(trained.out_dir)])
+    assert refused.exit_code == 1 and "not from --model" in refused.output
     row = next(line for line in res.output.splitlines() if line.startswith("table3  segmentation"))
     assert "40.0" in row and f"{trained.scores.mean_iu * 100:.1f}" in row
     assert "val_data voc_val (paper: seg11valid)" in res.output and "iter_size 1 (paper: 20)" in res.output
