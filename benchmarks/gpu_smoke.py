@@ -600,15 +600,26 @@ def _reproduce_inputs(tmp: Path) -> dict:
         cells[0, :] = boxes
         scipy.io.savemat(str(tmp / "ss" / f"voc_2007_{split}.mat"),
                          {"images": np.array(images, dtype=object).reshape(1, -1), "boxes": cells})
-    return {"model": tmp / "model", "datasets": {"voc07": voc.root, "voc12": seg.root,
-                                                  "sbd": make_sample_sbd(seg, tmp / "sbd"), "ss_mat": tmp / "ss"}}
+    datasets = {"voc07": voc.root, "voc12": seg.root, "sbd": make_sample_sbd(seg, tmp / "sbd"), "ss_mat": tmp / "ss"}
+    try:  # labelled photos for the probes, in ImageNet's Caffe-list layout (Fashion-MNIST or scikit-learn's digits)
+        from eval.probes.sample_data import make_sample_folder
+
+        probe = make_sample_folder(tmp / "imagenet", train_per_class=2, val_per_class=2)
+    except (ImportError, FileNotFoundError):
+        return {"model": tmp / "model", "datasets": datasets}
+    for split in ("train", "val"):
+        lines = [f"{p.relative_to(probe.root / split).as_posix()} {probe.classes.index(p.parent.name)}\n"
+                 for p in sorted((probe.root / split).glob("*/*.png"))]
+        (probe.root / f"{split}.txt").write_text("".join(lines))
+    return {"model": tmp / "model", "datasets": {**datasets, "imagenet": probe.root}}
 
 
 @step("reproduce-tiny")
 def reproduce_tiny(ctx: Context) -> tuple[str, dict]:
     """`jigsawpp reproduce --scale tiny --gpus N` as the CLI runs it: every job a worker subprocess on the device
-    (CUDA_VISIBLE_DEVICES), detection on fast-rcnn-format proposal files, then the report; its numbers must be the
-    scores.json ones. On the CPU (--tiny) only the classification job, in a worker subprocess on the CPU."""
+    (CUDA_VISIBLE_DEVICES), detection on fast-rcnn-format proposal files, the probes when labelled photos are at
+    hand, then the report; its numbers must be the scores.json ones. On the CPU (--tiny) only the classification job,
+    in a worker subprocess on the CPU."""
     try:
         import imgviz  # noqa: F401
     except ImportError:
@@ -634,10 +645,13 @@ def reproduce_tiny(ctx: Context) -> tuple[str, dict]:
     data = {}
     for cell in report["cells"]:
         job = report["jobs"][cell["job"]]
-        if cell["measured"] != 100.0 * job["headline"]["value"]:
-            raise AssertionError(f"{cell['job']}: report {cell['measured']} != scores.json {job['headline']}")
-        data[cell["job"]] = {"measured": cell["measured"], "seconds": job["seconds"],
-                             "device": job["environment"].get("gpu") or job["environment"].get("device")}
+        scores = json.loads((run / cell["job"] / "scores.json").read_text())
+        expected = scores["top1"][cell["column"]] if "top1" in scores else 100.0 * job["headline"]["value"]
+        if cell["measured"] != expected:
+            raise AssertionError(f"{cell['job']} {cell['column']}: report {cell['measured']} != scores.json {expected}")
+        data[f"{cell['job']}:{cell['column']}"] = {
+            "measured": cell["measured"], "seconds": job["seconds"],
+            "device": job["environment"].get("gpu") or job["environment"].get("device")}
     return ", ".join(f"{k} {v['measured']:.1f} in {v['seconds']:.0f} s" for k, v in data.items()) + \
         f" (worker subprocesses on GPU {gpu})", data
 

@@ -16,7 +16,7 @@ figures. The published figures are recalled from the papers named and were not r
   respect to inputs and weights, each about one forward).
 
 Image sizes: a VOC photo is typically 500 x 375. Image counts are read from the dataset's list files when given,
-else the standard splits' sizes (VOC2007 test 4952; seg11valid 736).
+else the standard splits' sizes (VOC2007 test 4952; seg11valid 736; ImageNet val 50000; Places205 val 20500).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 from eval.reproduce.jobs import Estimate
 
-__all__ = ["K40", "classification_estimate", "detection_estimate", "pixel_ratio", "segmentation_estimate"]
+__all__ = ["K40", "classification_estimate", "detection_estimate", "linear_estimate", "nonlinear_estimate",
+           "pixel_ratio", "segmentation_estimate"]
 
 K40 = "NVIDIA K40"
 FRCNN_TRAIN_S_PER_ITER = 1.2 * 3600 / 40_000  # [frcnn] Table 4, S: 1.2 h / 40000 iterations
@@ -40,6 +41,7 @@ TRAIN_OVER_FORWARD = 3.0  # [flops]
 VOC_IMAGE = (500, 375)  # (width, height) of a typical VOC photo
 VOC07_TEST_IMAGES = 4952  # VOC2007 test
 SEG11VALID_IMAGES = 736  # FCN's seg11valid (Long et al. 2015, footnote 7)
+VAL_IMAGES = {"imagenet": 50_000, "places205": 20_500}  # ILSVRC2012 val; Places205 val (100 per class x 205)
 
 
 def pixel_ratio(scales: Sequence[int], max_size: int, *, reference: Sequence[int] = (600,),
@@ -110,3 +112,35 @@ def segmentation_estimate(config: dict, *, val_images: int | None) -> Estimate:
            f"a padded 500x375 photo) x {TRAIN_OVER_FORWARD:g} (forward + backward); test {n_val} images x "
            f"{forward * 1000:.0f} ms")
     return Estimate(_hours(seconds), K40, how)
+
+
+def _test_crops(config: dict) -> int:
+    return 10 if config.get("test_crops") == "ten" else 1
+
+
+def linear_estimate(config: dict, *, dataset: str, val_images: int | None) -> Estimate:
+    """Linear probes: every training image through the frozen trunk ([caffe]'s 1 ms inference; the heads are
+    linear layers of ~10K inputs, negligible), then the validation images."""
+    n_val = val_images or VAL_IMAGES[dataset]
+    crops = _test_crops(config)
+    train = config["max_iter"] * config["batch_size"] * CAFFENET_INFER_S_PER_IMAGE
+    test = n_val * crops * CAFFENET_INFER_S_PER_IMAGE
+    how = (f"train {config['max_iter']} iterations x batch {config['batch_size']} x "
+           f"{CAFFENET_INFER_S_PER_IMAGE * 1000:g} ms (Caffe's CaffeNet inference per image on a K40: the trunk is "
+           f"frozen, the heads are negligible); test {n_val} images x {crops} crop(s) x "
+           f"{CAFFENET_INFER_S_PER_IMAGE * 1000:g} ms")
+    return Estimate(_hours(train + test), K40, how)
+
+
+def nonlinear_estimate(config: dict, *, val_images: int | None) -> Estimate:
+    """The nonlinear classifier: [caffe]'s 4 ms learning per image (an upper bound: the frozen layers need no
+    weight gradients), 1 ms inference per test crop."""
+    n_val = val_images or VAL_IMAGES["imagenet"]
+    crops = _test_crops(config)
+    train = config["max_iter"] * config["batch_size"] * CAFFENET_LEARN_S_PER_IMAGE
+    test = n_val * crops * CAFFENET_INFER_S_PER_IMAGE
+    how = (f"train {config['max_iter']} iterations x batch {config['batch_size']} x "
+           f"{CAFFENET_LEARN_S_PER_IMAGE * 1000:g} ms (Caffe's CaffeNet learning time per image on a K40; an upper "
+           f"bound, layers up to {config['freeze_upto']} are frozen); test {n_val} images x {crops} crops x "
+           f"{CAFFENET_INFER_S_PER_IMAGE * 1000:g} ms")
+    return Estimate(_hours(train + test), K40, how)

@@ -1,13 +1,40 @@
 """Figures the report draws itself (Agg): measured beside paper per column of a table (Table 3's four cells, the probe
-bars per layer of Tables 4-6), and a job's training curve from its ``train_log.jsonl``."""
+bars per layer of Tables 4-6), and a job's training curve from its ``train_log.jsonl``.
+
+Drawing is the slow part of rebuilding a report, so each figure is drawn only when what it shows changed:
+``figures/cache.json`` maps a figure's file name to the sha256 of its inputs (`cached`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["paper_bars", "training_curve"]
+__all__ = ["cached", "paper_bars", "training_curve"]
+
+CACHE = "cache.json"
+
+
+def cached(path: Path, inputs: object, draw: Callable[[Path], Path | None]) -> Path | None:
+    """`path` drawn by ``draw(path)`` unless it exists and was drawn from the same `inputs` (JSON-able)."""
+    from jigsawpp.io import write_json_atomic
+
+    index_path = path.parent / CACHE
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    except json.JSONDecodeError:
+        index = {}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    if index.get(path.name) == digest and path.is_file():
+        return path
+    drawn = draw(path)
+    if drawn is not None:
+        index[path.name] = digest
+        write_json_atomic(index_path, index)
+    return drawn
 
 
 def _save(fig, path: Path) -> Path:

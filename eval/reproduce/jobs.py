@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +102,8 @@ class Job:
             ``"count"``) for the report's per-class table.
         figures: glob patterns, relative to the job folder, of the figures the report shows (at most
             `max_images` files per pattern).
+        available: ``model_dir -> reason or None``: why this model cannot be evaluated by the job (e.g. a column
+            that needs fc layers the model lacks); None: it can. The job is then skipped with the reason.
     """
 
     name: str
@@ -119,7 +121,7 @@ class Job:
     figures: tuple[str, ...] = ()
     max_images: int = 4
     scores: str = "scores.json"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    available: Callable[[Path], str | None] | None = None
 
     def missing(self, datasets: Datasets) -> tuple[str, ...]:
         """The options (``--voc`` ...) this job needs that were not given."""

@@ -141,6 +141,10 @@ def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Se
         if missing:
             skipped.append(SkippedJob(job.name, job.title, f"needs {' and '.join(missing)}"))
             continue
+        reason = job.available(model) if job.available is not None else None
+        if reason is not None:
+            skipped.append(SkippedJob(job.name, job.title, reason))
+            continue
         mine = {**overrides.get(job.group, {}), **(overrides.get(job.name, {}) if job.name != job.group else {})}
         try:
             settings = job.build(scale, mine, datasets)

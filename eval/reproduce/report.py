@@ -10,6 +10,7 @@ and training curve, and the provenance stamps (software versions, GPU, seeds, th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from eval.reproduce.document import (
     to_html,
     to_markdown,
 )
-from eval.reproduce.figures import paper_bars, training_curve
+from eval.reproduce.figures import cached, paper_bars, training_curve
 
 __all__ = ["ReportFiles", "comparison_document", "report_data", "run_document", "write_comparison", "write_report"]
 
@@ -98,6 +99,12 @@ def _table_name(table: str) -> str:
     return f"Table {table[5:]}" if table.startswith("table") else table
 
 
+def _bars(path: Path, columns: list[str], series: list, title: str) -> Path | None:
+    """`paper_bars` of percentages per column, redrawn only when its numbers or title changed."""
+    return cached(path, [columns, series, title],
+                  lambda p: paper_bars([_title(c) for c in columns], series, p, ylabel="%", title=title))
+
+
 def _paper_section(doc: Document, summary: RunSummary, figures: Path) -> None:
     from jigsawpp.paper import TABLES
 
@@ -120,9 +127,9 @@ def _paper_section(doc: Document, summary: RunSummary, figures: Path) -> None:
         if NOT_COMPARABLE in diffs:
             doc.add(Text(f"{NOT_COMPARABLE}: not comparable, measured on other data than the paper's number (see "
                          "the deviations).", "note"))
-        png = paper_bars([_title(c) for c in columns], [("paper", paper_values), ("measured", measured)],
-                         figures / f"{table}_paper_vs_measured.png", ylabel="%",
-                         title=f"{_table_name(table)}: {summary.method or 'model'}, paper vs measured")
+        series = [("paper", paper_values), ("measured", measured)]
+        title = f"{_table_name(table)}: {summary.method or 'model'}, paper vs measured"
+        png = _bars(figures / f"{table}_paper_vs_measured.png", columns, series, title)
         doc.add(Figure(png, f"{_table_name(table)}: the paper's row and the measured numbers"))
 
 
@@ -134,8 +141,13 @@ def _deviation_section(doc: Document, summary: RunSummary) -> None:
     for target, values in sorted((summary.record.get("overrides") or {}).items()):
         items.append(f"run: --set {target}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(values.items())))
     for j in summary.jobs:
+        where: dict[str, list[Cell]] = {}  # a deviation of several cells (a probe's layers) is listed once
         for c in j.cells:
-            items += [f"{j.name} ({_table_name(c.table)}, {_title(c.column)}): {d}" for d in c.deviations]
+            for d in c.deviations:
+                where.setdefault(d, []).append(c)
+        for d, cells in where.items():
+            tables = sorted({_table_name(c.table) for c in cells})
+            items.append(f"{j.name} ({', '.join(tables)}, {', '.join(_title(c.column) for c in cells)}): {d}")
     doc.add(Bullets(tuple(items)) if items else Text("none: every result followed the paper's protocol."))
 
 
@@ -203,7 +215,9 @@ def _job_section(doc: Document, j: JobResult, figures: Path) -> None:
         values = ", ".join(f"{k} {v:.6g}" for k, v in j.last_log.items() if k != "iteration" and isinstance(v, float))
         doc.add(Text(f"Last training log record: iteration {j.last_log.get('iteration')}: {values}."))
     if j.log is not None:
-        png = training_curve(j.log, figures / f"{j.name}_training.png", title=f"{j.name}: training loss")
+        log = j.log
+        png = cached(figures / f"{j.name}_training.png", [j.name, hashlib.sha256(log.read_bytes()).hexdigest()],
+                     lambda p: training_curve(log, p, title=f"{j.name}: training loss"))
         if png is not None:
             doc.add(Figure(png, f"{j.name}: training curve (train_log.jsonl)"))
     if j.stamp is not None:
@@ -327,8 +341,8 @@ def comparison_document(summaries: Sequence[RunSummary], figures: Path, base: Pa
         columns = [c for c in spec.columns if any(c in s.cells(table) for s in summaries)]
         series = [(_label(s), [s.cells(table)[c].measured if c in s.cells(table) else None for c in columns])
                   for s in summaries]
-        png = paper_bars([_title(c) for c in columns], series, figures / f"{table}_runs.png", ylabel="%",
-                         title=f"{_table_name(table)}: measured, run by run")
+        title = f"{_table_name(table)}: measured, run by run"
+        png = _bars(figures / f"{table}_runs.png", columns, series, title)
         doc.add(Figure(png, f"{_table_name(table)}: measured numbers of every run"))
     doc.add(Heading(2, "Runs"))
     rows = []

@@ -38,12 +38,14 @@ def _echo_summary(files) -> None:
     import json
 
     data = json.loads(files.json.read_text(encoding="utf-8"))
-    click.echo(f"\n{'job':<8} {'cell':<28} {'measured':>8} {'paper':>6} {'diff':>6}  deviations")
+    width = max([len(c["job"]) for c in data["cells"]] + [3])
+    click.echo(f"\n{'job':<{width}} {'cell':<20} {'measured':>8} {'paper':>6} {'diff':>6}  deviations")
     for c in data["cells"]:
         measured = f"{c['measured']:8.1f}" if c["measured"] is not None else f"{'-':>8}"
         paper = f"{c['paper']:6.1f}" if c["paper"] is not None else f"{'-':>6}"
-        diff = f"{c['difference']:+6.1f}" if c["difference"] is not None else f"{'':>6}"
-        click.echo(f"{c['job']:<8} {c['table'] + ' ' + c['column']:<28} {measured} {paper} {diff}  "
+        diff = (f"{c['difference']:+6.1f}" if c["difference"] is not None else
+                f"{'n/c' if c['measured'] is not None and c['paper'] is not None else '':>6}")
+        click.echo(f"{c['job']:<{width}} {c['table'] + ' ' + c['column']:<20} {measured} {paper} {diff}  "
                    f"{len(c['deviations'])}")
     click.echo(f"report: {files.html}  {files.markdown}")
 

@@ -22,16 +22,23 @@ from jigsawpp.cli import main
 REPO = Path(__file__).resolve().parents[3]
 
 
+# Every kind of job once: Table 3's four, Table 4's linear probes, one column of Table 6 (the other nonlinear columns
+# and Places205's linear probes run the same code on other settings; the plan tests cover them).
+JOBS = ("det_ss", "det_ms", "cls", "seg", "linear_imagenet", "nonlinear_conv5")
+
+
 @dataclass(frozen=True)
 class Inputs:
     model: Path
     voc: Path
     voc12: Path
     sbd: Path
+    imagenet: Path
 
     def args(self, out: Path, *extra: str) -> list[str]:
         return ["reproduce", "--model", str(self.model), "--voc", str(self.voc), "--voc12", str(self.voc12), "--sbd",
-                str(self.sbd), "--scale", "tiny", "--quiet", "--out", str(out), *extra]
+                str(self.sbd), "--imagenet", str(self.imagenet), "--scale", "tiny", "--quiet", "--out", str(out),
+                *extra]
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +58,16 @@ def reproduce_inputs(tmp_path_factory) -> Inputs:
     # FCN's val net reads ImageSets/Segmentation/seg11valid.txt; on these photos it lists all of them
     (seg.root / "ImageSets" / "Segmentation" / "seg11valid.txt").write_text("".join(f"{i}\n" for i in seg.image_ids))
     sbd = make_sample_sbd(seg, base / "sbd")
-    return Inputs(model=base / "model", voc=voc.root, voc12=seg.root, sbd=sbd)
+    # real labelled photos (Fashion-MNIST, or scikit-learn's digits) in ImageNet's Caffe-list layout: train/, val/
+    # and the lists train.txt, val.txt of "relative/path label" lines
+    from eval.probes.sample_data import make_sample_folder
+
+    probe = make_sample_folder(base / "imagenet", train_per_class=2, val_per_class=2)
+    for split in ("train", "val"):
+        lines = [f"{p.relative_to(probe.root / split).as_posix()} {probe.classes.index(p.parent.name)}\n"
+                 for p in sorted((probe.root / split).glob("*/*.png"))]
+        (probe.root / f"{split}.txt").write_text("".join(lines))
+    return Inputs(model=base / "model", voc=voc.root, voc12=seg.root, sbd=sbd, imagenet=probe.root)
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +79,9 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(reproduce_inputs, runs_dir) -> Path:
-    """Every job at --scale tiny, uninterrupted, in this process."""
+    """`JOBS` at --scale tiny, uninterrupted, in this process."""
     run = runs_dir / "full"
-    res = CliRunner().invoke(main, reproduce_inputs.args(run))
+    res = CliRunner().invoke(main, reproduce_inputs.args(run, "--only", ",".join(JOBS)))
     assert res.exit_code == 0, res.output
     return run
 

@@ -35,8 +35,9 @@ def test_chromium_renders_the_report(tiny_run, tmp_path):
     dom = done.stdout
     # the page's load handler counted the images the browser decoded: all of them
     assert re.search(r'data-images-decoded="(\d+)/(\d+)"', dom).groups() == (str(images), str(images))
-    assert images >= 8  # Table 3 bars, PR curves, detections, overlays, training curves
-    assert dom.count("<table") == 3 + 4  # Table 3, jobs, provenance, and each job's per-class table
+    assert images >= 12  # paper bars, PR curves, detections, overlays, probe bars per layer, training curves
+    # Tables 3, 4 and 6, the jobs, the provenance, and the per-class tables of Table 3's four jobs
+    assert dom.count("<table") == html.count("<table") == 3 + 2 + 4
     cells = json.loads((tiny_run / "report.json").read_text())["cells"]
     for c in cells:
         assert f'<td class="num">{c["measured"]:.1f}</td>' in dom, c["job"]

@@ -19,22 +19,34 @@ FCN_FORWARD = 0.050 * (700 * 575) / (700 * 700)  # FCN Table 1: 50 ms at 500x500
 EXPECTED_HOURS = {
     "det_ss": (150_000 * FRCNN_ITER + 4952 * 0.10) / 3600,
     "det_ms": (150_000 * FRCNN_ITER * VOC_MS_PIXELS + 4952 * 0.39) / 3600,
-    "cls": (80_000 * 16 * 0.004 + 4952 * 10 * 0.001) / 3600,
+    "cls": (80_000 * 16 * 0.004 + 4952 * 10 * 0.001) / 3600,  # Caffe: CaffeNet 4 ms/image learning, 1 ms inference
     "seg": (100_000 * 20 * FCN_FORWARD * 3 + 736 * FCN_FORWARD) / 3600,
+    "linear_imagenet": (140_000 * 64 * 0.001 + 50_000 * 0.001) / 3600,  # frozen trunk: inference only
+    "linear_places205": (140_000 * 64 * 0.001 + 20_500 * 0.001) / 3600,
+    **{f"nonlinear_{layer}": (350_000 * 256 * 0.004 + 50_000 * 10 * 0.001) / 3600
+       for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")},
 }
+TABLE3_JOBS = ["det_ss", "det_ms", "cls", "seg"]
+
+
+def _manifest(fc6: int | None) -> dict:
+    """A release conversion's manifest as far as planning reads it: the paper row, the transfer variant's layers."""
+    config = {"fc6": fc6, "fc7": fc6, "num_classes": 2000 if fc6 else None}
+    return {"paper": {"method": "CC+Jigsaw++"}, "transfer_variant": "transfer_conv1s4",
+            "variants": {"transfer_conv1s4": {"alexnet_config": config}}}
 
 
 @pytest.fixture()
 def model(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"paper": {"method": "CC+Jigsaw++"}}))
+    (folder / "manifest.json").write_text(json.dumps(_manifest(4096)))
     return folder
 
 
 @pytest.fixture()
 def datasets(tmp_path):
-    roots = {name: tmp_path / name for name in ("voc07", "voc12", "sbd")}
+    roots = {name: tmp_path / name for name in ("voc07", "voc12", "sbd", "imagenet", "places")}
     for path in roots.values():
         path.mkdir()
     return Datasets(**roots)
@@ -42,7 +54,7 @@ def datasets(tmp_path):
 
 def test_plan_follows_the_datasets_and_the_paper(model, datasets):
     plan = make_plan(model, datasets)
-    assert [p.name for p in plan.jobs] == ["det_ss", "det_ms", "cls", "seg"] and plan.method == "CC+Jigsaw++"
+    assert [p.name for p in plan.jobs] == list(EXPECTED_HOURS) and plan.method == "CC+Jigsaw++"
     det_ms = plan.jobs[1].settings
     assert det_ms["protocol"] in ("noroozi18-ms", "multiscale")
     assert det_ms["config"]["max_iters"] == 150_000 and det_ms["config"]["lr_stepsize"] == 50_000
@@ -51,6 +63,11 @@ def test_plan_follows_the_datasets_and_the_paper(model, datasets):
     cls, seg = plan.jobs[2].settings["config"], plan.jobs[3].settings["config"]
     assert cls["max_iters"] == 80_000 and cls["variant"] == "all" and cls["test_crops"] == 10
     assert seg["iter_size"] == 20 and seg["val_data"] == "seg11valid" and seg["max_iters"] == 100_000
+    by = {p.name: p.settings for p in plan.jobs}
+    assert by["linear_places205"]["run"]["dataset"] == "places205" and by["linear_imagenet"]["config"]["max_iter"] == \
+        140_000
+    assert [by[f"nonlinear_{x}"]["config"]["freeze_upto"] for x in ("conv1", "fc7")] == ["conv1", "fc7"]
+    assert by["nonlinear_conv3"]["config"]["test_crops"] == "ten" and by["nonlinear_conv3"]["run"]["workers"] == 8
     for p in plan.jobs:
         assert p.estimate.gpu_hours == pytest.approx(EXPECTED_HOURS[p.name], rel=1e-9), p.name
         assert "K40" in p.estimate.reference and p.estimate.how
@@ -58,7 +75,16 @@ def test_plan_follows_the_datasets_and_the_paper(model, datasets):
     # without the segmentation data that job is skipped with the option it needs
     only_voc = make_plan(model, Datasets(voc07=datasets.voc07))
     assert [p.name for p in only_voc.jobs] == ["det_ss", "det_ms", "cls"]
-    assert [(s.name, s.reason) for s in only_voc.skipped] == [("seg", "needs --voc12 and --sbd")]
+    skipped = {s.name: s.reason for s in only_voc.skipped}
+    assert skipped["seg"] == "needs --voc12 and --sbd" and skipped["linear_places205"] == "needs --places"
+    assert skipped["nonlinear_conv2"] == "needs --imagenet" and len(skipped) == 1 + 2 + 7
+    # a model whose transfer network ends at conv5 has no Table 6 fc6/fc7 columns
+    (model / "manifest.json").write_text(json.dumps(_manifest(None)))
+    conv_only = make_plan(model, datasets, only=["nonlinear"])
+    assert [p.name for p in conv_only.jobs] == [f"nonlinear_conv{k}" for k in range(1, 6)]
+    assert {s.name: s.reason.split(" (")[0] for s in conv_only.skipped} == {
+        "nonlinear_fc6": "the model has no fc6/fc7 to keep frozen", "nonlinear_fc7": "the model has no fc6/fc7 to keep "
+                                                                                     "frozen"}
     with_mat = make_plan(model, Datasets(voc07=datasets.voc07, ss_mat=datasets.sbd), only=["det"])
     assert [p.settings["config"]["proposals"] for p in with_mat.jobs] == ["selective_search_mat"] * 2
 
@@ -74,7 +100,7 @@ def test_scale_overrides_and_processes(model, datasets):
     cls = make_plan(model, datasets, scale="tiny", only=["cls"]).jobs[0]
     assert cls.estimate.gpu_hours == pytest.approx((1 * 2 * 0.004 + 3 * 1 * 0.001) / 3600, rel=1e-9)
     plan = make_plan(model, datasets, overrides={"det": {"amp": True}, "det_ms": {"max_iters": 10}, "seg":
-                                                 {"iter_size": 5}}, gpus_per_job=4)
+                                                 {"iter_size": 5}}, gpus_per_job=4, only=["det", "cls", "seg"])
     by = {p.name: p for p in plan.jobs}
     assert by["det_ss"].settings["config"]["amp"] and by["det_ms"].settings["config"]["max_iters"] == 10
     assert by["det_ms"].settings["config"]["amp"] and by["det_ss"].settings["config"]["max_iters"] == 150_000
@@ -86,6 +112,8 @@ def test_scale_overrides_and_processes(model, datasets):
         make_plan(model, datasets, overrides={"detection": {"amp": True}})
     with pytest.raises(KeyError, match="--only: unknown job.*'segm'"):
         make_plan(model, datasets, only=["segm"])
+    with pytest.raises(KeyError, match=r"nonlinear_conv1: \[.freeze_upto.\] is what job nonlinear_conv1 evaluates"):
+        make_plan(model, datasets, overrides={"nonlinear": {"freeze_upto": "conv4"}})
     with pytest.raises(ValueError, match=r"--method 'Jigsaw\+' is not a row"):
         make_plan(model, datasets, method="Jigsaw+")
     assert make_plan(model, datasets, method="Jigsaw++", only=["cls"]).method == "Jigsaw++"
@@ -100,6 +128,7 @@ def test_dry_run_prints_the_plan(model, datasets, tmp_path):
         line = next(x for x in res.output.splitlines() if x.strip().startswith(name + " "))
         assert f"{EXPECTED_HOURS[name]:9.2f}" in line
     total = sum(EXPECTED_HOURS[n] for n in ("det_ss", "det_ms", "cls"))
+    assert "not run: linear_imagenet" in res.output and "needs --imagenet" in res.output
     assert f"{total:9.2f}" in next(x for x in res.output.splitlines() if x.strip().startswith("total"))
     assert "not run: seg" in res.output and "needs --voc12 and --sbd" in res.output
     assert "Fast R-CNN Table 4" in res.output and "K40" in res.output

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from jigsawpp.cli import main
 
-JOBS = ("det_ss", "det_ms", "cls", "seg")
+TABLE3 = ("det_ss", "det_ms", "cls", "seg")
+PROBES = ("linear_imagenet", "nonlinear_conv5")
+JOBS = TABLE3 + PROBES  # as the tiny_run fixture runs them
 HEADLINE = {"det_ss": "map_11point", "det_ms": "map_11point", "cls": "map_sklearn", "seg": "mean_iu"}
 COLUMN = {"det_ss": "detection_ss", "det_ms": "detection_ms", "cls": "classification", "seg": "segmentation"}
 
@@ -36,13 +38,13 @@ def _md_row(md: str, first_cell: str) -> list[str]:
 def test_report_numbers_are_the_protocols_scores(tiny_run):
     data = _report(tiny_run)
     assert data["scale"] == "tiny" and data["method"] == "CC+Jigsaw++"
-    cells = {c["job"]: c for c in data["cells"]}
-    assert set(cells) == set(JOBS)
+    cells = {c["job"]: c for c in data["cells"] if c["job"] in TABLE3}
+    assert {c["job"] for c in data["cells"]} == set(JOBS)
     md = (tiny_run / "report.md").read_text()
     page = (tiny_run / "report.html").read_text()
     header = _md_row(md, "")
-    measured = _md_row(md, "measured")
-    for job in JOBS:
+    measured = _md_row(md, "measured")  # the first table: Table 3
+    for job in TABLE3:
         scores = _scores(tiny_run, job)
         value = 100.0 * scores[HEADLINE[job]]
         assert cells[job]["measured"] == value and cells[job]["column"] == COLUMN[job]
@@ -54,6 +56,18 @@ def test_report_numbers_are_the_protocols_scores(tiny_run):
              "segmentation": "Segm."}[COLUMN[job]]))]
         assert shown == f"{value:.1f}"
         assert f"<td class=\"num\">{value:.1f}</td>" in page
+    # the probes: one cell per layer, the top-1 of their scores.json, in Tables 4 and 6 with the paper's rows
+    sections = md.split("\n### ")
+    for job, table, paper in (("linear_imagenet", "Table 4", ["18.9", "30.5", "35.7", "35.4", "32.2"]),
+                              ("nonlinear_conv5", "Table 6", ["41.1"])):
+        top1 = _scores(tiny_run, job)["top1"]
+        mine = [c for c in data["cells"] if c["job"] == job]
+        assert [c["column"] for c in mine] == list(top1) and [c["measured"] for c in mine] == list(top1.values())
+        assert data["jobs"][job]["complete"] and all(c["table"] == table.replace("Table ", "table") for c in mine)
+        part = next(x for x in sections if x.startswith(table))
+        assert _md_row(part, "measured")[1:] == [f"{v:.1f}" for v in top1.values()]
+        assert _md_row(part, "paper (CC+Jigsaw++)")[1:] == paper
+    assert "](figures/table4_paper_vs_measured.png)" in md and "](linear_imagenet/layer_accuracy.png)" in md
     # the paper's row (Table 3, CC+Jigsaw++) and a per-class table of every job
     assert _md_row(md, "paper (CC+Jigsaw++)")[1:] == ["69.9", "55.0", "55.8", "40.0"]
     sections = {part.split(":", 1)[0]: part for part in md.split("\n## ")[1:]}
@@ -113,7 +127,7 @@ def test_killed_run_resumes_to_the_same_numbers(tiny_run, killed_run):
 def test_rerun_skips_finished_jobs_and_report_rebuilds_the_same(tiny_run, reproduce_inputs):
     before = {n: (tiny_run / n).read_bytes() for n in ("report.md", "report.html", "report.json")}
     status = (tiny_run / "status" / "cls.json").read_text()
-    res = CliRunner().invoke(main, reproduce_inputs.args(tiny_run))
+    res = CliRunner().invoke(main, reproduce_inputs.args(tiny_run, "--only", ",".join(JOBS)))
     assert res.exit_code == 0, res.output
     assert res.output.count("complete, skipped") == len(JOBS)
     assert (tiny_run / "status" / "cls.json").read_text() == status  # not run again
@@ -125,10 +139,10 @@ def test_rerun_skips_finished_jobs_and_report_rebuilds_the_same(tiny_run, reprod
 
 def test_refuses_other_settings_scale_or_folder(tiny_run, reproduce_inputs, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(main, reproduce_inputs.args(tiny_run, "--set", "cls.batch_size=4"))
+    res = runner.invoke(main, reproduce_inputs.args(tiny_run, "--only", "cls", "--set", "cls.batch_size=4"))
     assert res.exit_code != 0 and "cls was started with other settings" in res.output
     assert "batch_size 2 -> 4" in res.output and "Traceback" not in res.output
-    args = reproduce_inputs.args(tiny_run)
+    args = reproduce_inputs.args(tiny_run, "--only", "cls")
     args[args.index("tiny")] = "paper"
     res = runner.invoke(main, args)
     assert res.exit_code != 0 and "--scale tiny" in res.output
