@@ -22,7 +22,8 @@ def _echo_plan(plan) -> None:
         width = max(len(p.name) for p in plan.jobs)
         click.echo(f"  {'job':<{width}}  {'paper cell':<22} {'GPUs':>4}  {'GPU-hours':>9}")
         for k, p in enumerate(plan.jobs, 1):
-            cell = f"{p.job.table} {','.join(p.job.columns)}"
+            columns = p.job.columns
+            cell = f"{p.job.table} {','.join(columns) if len(columns) < 3 else columns[0] + '..' + columns[-1]}"
             click.echo(f"  {p.name:<{width}}  {cell:<22} {p.processes:>4}  {p.estimate.gpu_hours:9.2f}  [{k}]")
         click.echo(f"  {'total':<{width}}  {'':<22} {'':>4}  {plan.gpu_hours:9.2f}")
     for s in plan.skipped:
