@@ -141,6 +141,16 @@ CASES = [
                                               "--out", "{tmp}/out"], "requested output blob(s) ['conv5']"),
     ("transfer-run-not-an-image-folder", ["transfer", "run", "--teacher", "{ws}/converted", "--data", "{ws}/taken",
                                           "--out", "{tmp}/out"], "has no class folders"),
+    # pretext (Jigsaw++ training)
+    ("pretext-permutations-impossible", ["pretext", "permutations", "--n", "10", "--min-hamming", "9", "--out",
+                                         "{tmp}/p.bin"], "lower --min-hamming"),
+    ("pretext-permutations-bad-file", ["pretext", "permutations", "--check", "{ws}/small.prototxt"],
+     "not a permutation file"),
+    ("pretext-show-not-an-image", ["pretext", "show", "{ws}/random.caffemodel", "--out", "{tmp}/p.png"],
+     "OpenCV cannot decode it"),
+    ("pretext-train-no-images", ["pretext", "train", "--data", "{ws}/taken", "--out", "{tmp}/out"], "no images"),
+    ("pretext-eval-no-permutations", ["pretext", "eval", "--model", "{ws}/taken", "--data", "{ws}/taken"],
+     "give --permutations FILE"),
     # verify
     ("verify-unknown-method", [*VERIFY, "--results", "{ws}/scores_this.json", "--method", "Jigsaw+++"],
      "not a row of the paper's tables; known rows: Supervised, CC+HOG"),
