@@ -216,8 +216,10 @@ def parse_permutations(data: bytes, *, source: str = "<bytes>", fmt: str | None 
     elif fmt == "npy":
         try:
             table = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            raise PermutationFileError(f"{source}: not a readable .npy array ({exc}).") from None
+        except ValueError:  # numpy's own text suggests unpickling, which is never done with a user's file
+            raise PermutationFileError(f"{source}: not a permutation file: expected the authors' .bin format "
+                                       "(int32 header [N, 9], then N x 9 1-based indices) or a .npy integer array "
+                                       "of shape (N, 9) saved without pickling.") from None
         if table.ndim != 2 or table.shape[1] != TILES or table.shape[0] < 1 or not np.issubdtype(table.dtype,
                                                                                                np.integer):
             raise PermutationFileError(f"{source}: array {table.dtype} {table.shape}; expected integers of shape "

@@ -154,6 +154,16 @@ CASES = [
                                        "{tmp}/run"], "manifest.json does not exist"),
     ("report-not-a-run", ["report", "{ws}/taken"], "is not a `jigsawpp reproduce --out` folder"),
     ("report-several-without-out", ["report", "{ws}/taken", "{ws}/voc"], "several runs need --out"),
+    # pretext (Jigsaw++ training)
+    ("pretext-permutations-impossible", ["pretext", "permutations", "--n", "10", "--min-hamming", "9", "--out",
+                                         "{tmp}/p.bin"], "lower --min-hamming"),
+    ("pretext-permutations-bad-file", ["pretext", "permutations", "--check", "{ws}/small.prototxt"],
+     "not a permutation file"),
+    ("pretext-show-not-an-image", ["pretext", "show", "{ws}/random.caffemodel", "--out", "{tmp}/p.png"],
+     "OpenCV cannot decode it"),
+    ("pretext-train-no-images", ["pretext", "train", "--data", "{ws}/taken", "--out", "{tmp}/out"], "no images"),
+    ("pretext-eval-no-permutations", ["pretext", "eval", "--model", "{ws}/taken", "--data", "{ws}/taken"],
+     "give --permutations FILE"),
     # verify
     ("verify-unknown-method", [*VERIFY, "--results", "{ws}/scores_this.json", "--method", "Jigsaw+++"],
      "not a row of the paper's tables; known rows: Supervised, CC+HOG"),
