@@ -57,31 +57,9 @@ def _detection_row(scores_path: Path, paper_row: dict | None) -> VerifyRow:
     measured = data.get("map_11point")
     measured = None if measured is None else 100.0 * measured  # the paper reports percentages
     column = "detection_ms" if stamp.get("test_pyramid") else "detection_ss"
-    deviations = []
-    if not stamp or "config" not in stamp:
-        deviations.append("no provenance stamp: protocol unknown")
-    else:
-        cfg = stamp["config"]
-        if stamp.get("mode") != "train+test":
-            deviations.append("a given detector, not fine-tuned here")
-        elif stamp.get("iterations") != PAPER_DETECTION_PROTOCOL["iterations"]:
-            deviations.append(f"{stamp.get('iterations')} iterations (paper: 150000)")
-        if stamp.get("mode") == "train+test" and cfg.get("lr_stepsize") != PAPER_DETECTION_PROTOCOL["lr_stepsize"]:
-            deviations.append(f"lr step every {cfg.get('lr_stepsize')} (paper: 50000)")
-        if cfg.get("proposals") != PAPER_DETECTION_PROTOCOL["proposals"]:
-            deviations.append(f"proposals {cfg.get('proposals')} (paper: the released selective-search boxes)")
-        from eval.detection.config import protocol
+    from eval.detection.provenance import deviations as detection_deviations
 
-        expected = protocol("multiscale" if stamp.get("test_pyramid") else "single_scale").to_dict()
-        keys = ("test_scales", "test_max_size") if stamp.get("mode") != "train+test" else (
-            "train_scales", "train_max_size", "test_scales", "test_max_size")
-        for key in keys:
-            if cfg.get(key) != expected[key]:
-                deviations.append(f"{key} {cfg.get(key)} (paper: {expected[key]})")
-        if cfg.get("rescale"):
-            deviations.append("Kraehenbuehl rescaling")
-        if cfg.get("amp"):
-            deviations.append("bfloat16 autocast")
+    deviations = detection_deviations(stamp)  # from the stamp's preset and from the paper's protocol
     paper = None if paper_row is None else paper_row.get(column)
     return VerifyRow(table="table3", column=column, measured=measured, paper=paper,
                      protocol=stamp.get("key", "unknown"), deviations=tuple(deviations), source=str(scores_path))

@@ -321,3 +321,117 @@ def from_release(directory: str | os.PathLike[str], variant: str = "transfer") -
 def config_dict(config: AlexNetConfig) -> dict[str, object]:
     """JSON-ready config (manifests)."""
     return asdict(config)
+
+
+# -- the layers a transfer evaluation takes from a converted model ------------------------------------------------
+
+TRANSFER_CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+TRANSFER_FC_LAYERS = ("fc6", "fc7")
+# The one recorded choice every evaluation protocol makes. "conv": the release page's "only convolutional layers
+# ... are used for all the transfer learnings" (Noroozi et al. 2018); "conv+fc": fc6/fc7 from the model too.
+TRANSFER_CHOICES = {"conv": TRANSFER_CONV_LAYERS, "conv+fc": TRANSFER_CONV_LAYERS + TRANSFER_FC_LAYERS}
+
+
+@dataclass(frozen=True, eq=False)
+class TransferWeights:
+    """The transferred layers' weights and biases (Caffe layer names, Caffe shapes) and where they came from.
+
+    Attributes:
+        tensors: ``"<layer>.weight"`` / ``"<layer>.bias"`` float32 tensors for every layer of `layers`.
+        choice: "conv" or "conv+fc" (`TRANSFER_CHOICES`).
+        source: the model folder (and variant) as a readable name.
+        weights_sha256: sha256 of the weights file the tensors were read from.
+        manifest_sha256: sha256 of the model folder's manifest.json (None when it has none).
+        config: the CaffeAlexNet layout of a release variant (None for a plain converted Caffe model).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    choice: str
+    source: str
+    weights_sha256: str | None = None
+    manifest_sha256: str | None = None
+    config: AlexNetConfig | None = None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return TRANSFER_CHOICES[self.choice]
+
+    @property
+    def sha256(self) -> str | None:
+        """The weights file's sha256 (the name earlier code used)."""
+        return self.weights_sha256
+
+    def groups(self) -> dict[str, int]:
+        """Each conv layer's group count, from its input channels and the weight's (Cout, Cin / group, k, k)."""
+        in_channels = {"conv1": 3}
+        for prev, layer in zip(TRANSFER_CONV_LAYERS, TRANSFER_CONV_LAYERS[1:]):
+            in_channels[layer] = int(self.tensors[f"{prev}.weight"].shape[0])
+        out = {}
+        for layer in TRANSFER_CONV_LAYERS:
+            per_group = int(self.tensors[f"{layer}.weight"].shape[1])
+            if in_channels[layer] % per_group:
+                raise ValueError(f"{self.source}: {layer}.weight has {per_group} input channels per group, which "
+                                 f"does not divide the {in_channels[layer]} channels of its input.")
+            out[layer] = in_channels[layer] // per_group
+        return out
+
+    def record(self) -> dict[str, object]:
+        """What a provenance stamp records: the choice, the layers taken, and whether fc6/fc7 came from the model."""
+        return {"transfer": self.choice, "transferred_layers": list(self.layers),
+                "fc6_fc7": "from the model" if "fc6" in self.layers else "not transferred",
+                "from": self.source, "weights_sha256": self.weights_sha256, "manifest_sha256": self.manifest_sha256}
+
+
+def _pick_layers(state: Mapping[str, torch.Tensor], layers: tuple[str, ...], source: str) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for layer in layers:
+        for blob in ("weight", "bias"):
+            wanted = f"{layer}.{blob}"
+            hits = [k for k in state if k == wanted or k.endswith("." + wanted)]
+            if len(hits) != 1:
+                found = "none" if not hits else ", ".join(hits)
+                hint = (" The model has no fully connected layers to transfer: use the conv layers only "
+                        "(transfer 'conv', the paper's choice)." if layer in TRANSFER_FC_LAYERS and not hits else "")
+                raise KeyError(f"{source}: need exactly one tensor named like {wanted!r} (found {found}); layers "
+                               f"{', '.join(layers)} are transferred by their Caffe layer names.{hint}")
+            tensors[wanted] = state[hits[0]].detach().float().clone()
+    return tensors
+
+
+def transfer_weights(model_dir: str | os.PathLike[str], *, layers: str = "conv") -> TransferWeights:
+    """The layers an evaluation network takes from a converted model: ``layers="conv"`` (conv1..conv5, the paper's
+    choice) or ``"conv+fc"`` (also fc6 and fc7).
+
+    `model_dir` is a converted release (``jigsawpp convert RELEASE.zip``: its transfer variant, read through
+    `from_release`) or a converted Caffe model (``jigsawpp convert --prototxt --caffemodel``: ``model.safetensors``
+    keyed by Caffe layer names; a key prefix such as ``features.conv1.weight`` is accepted when unambiguous).
+
+    Raises:
+        ValueError: an unknown `layers` choice.
+        FileNotFoundError: the folder is not a ``jigsawpp convert`` output.
+        KeyError: a layer is missing (e.g. fc6 of a conv-only model) or ambiguous.
+    """
+    from jigsawpp.io import load_state_dict_file, sha256_file
+
+    if layers not in TRANSFER_CHOICES:
+        raise ValueError(f"transfer layers {layers!r}: choose 'conv' (conv1..conv5, the paper's choice) or 'conv+fc' "
+                         "(also fc6 and fc7).")
+    wanted = TRANSFER_CHOICES[layers]
+    directory = Path(model_dir)
+    manifest_path = directory / "manifest.json"
+    manifest_sha = sha256_file(manifest_path) if manifest_path.is_file() else None
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if "variants" in manifest:
+            alexnet = from_release(directory, "transfer")
+            name = manifest.get("transfer_variant")
+            weights = directory / name / manifest["variants"][name]["files"]["weights"]
+            return TransferWeights(tensors=_pick_layers(alexnet.state_dict(), wanted, str(weights)), choice=layers,
+                                   source=f"{directory.name}/{name}", weights_sha256=sha256_file(weights),
+                                   manifest_sha256=manifest_sha, config=alexnet.config)
+    path = directory / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; the model must be a folder written by `jigsawpp convert` "
+                                "(a release folder with manifest.json, or model.safetensors + manifest.json).")
+    return TransferWeights(tensors=_pick_layers(load_state_dict_file(path), wanted, str(path)), choice=layers,
+                           source=directory.name, weights_sha256=sha256_file(path), manifest_sha256=manifest_sha)

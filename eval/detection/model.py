@@ -6,8 +6,10 @@ cls_score 21, bbox_pred 84), run by `caffe_import` with its Python data layer cu
 Layers keep their Caffe names, so conv weights transfer by name from any converted model, and the trained
 detector can be written back as a caffemodel for fast-rcnn's own ``test_net.py``.
 
-Transfer (Noroozi et al. 2018 transfer the conv layers only): conv1..conv5 come from the model, fc6/fc7 and the two
-heads start from the prototxt's fillers (fc6/fc7 gaussian 0.005 / bias 1, cls_score 0.01, bbox_pred 0.001).
+Transfer (Noroozi et al. 2018 transfer the conv layers only; `jigsawpp.models.transfer_weights` is the choice every
+protocol shares): conv1..conv5 come from the model, fc6/fc7 and the two heads start from the prototxt's fillers
+(fc6/fc7 gaussian 0.005 / bias 1, cls_score 0.01, bbox_pred 0.001); ``transfer="conv+fc"`` takes fc6/fc7 from the
+model too (they fit: ROI pooling gives the 256 x 6 x 6 that fc6 of a 227-pixel AlexNet reads).
 
 Loss (``SoftmaxWithLoss`` + fast-rcnn's ``SmoothL1Loss``, caffe-fast-rcnn@bcd9b4e
 ``src/caffe/layers/smooth_L1_loss_layer.cu``)::
@@ -22,10 +24,8 @@ only matters for probabilities below 1e-38.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +37,7 @@ import caffe_import
 import prototxt
 from caffe_import.proto import caffe_pb2
 from jigsawpp.engine.solver import ParamSpec  # re-exported: the detector's blobs are engine ParamSpecs
+from jigsawpp.models import TRANSFER_CONV_LAYERS, TransferWeights, transfer_weights
 
 __all__ = [
     "CONV_LAYERS",
@@ -54,7 +55,7 @@ __all__ = [
     "smooth_l1_loss",
 ]
 
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+CONV_LAYERS = TRANSFER_CONV_LAYERS
 HEAD_LAYERS = ("fc6", "fc7", "cls_score", "bbox_pred")
 TRAIN_PROTOTXT = "fast_rcnn/CaffeNet/train.prototxt"
 # Any input shape works at run time; these only seed caffe_import's shape inference.
@@ -122,50 +123,15 @@ def detector_definition(groups: Mapping[str, int] | None = None) -> caffe_pb2.Ne
     return net
 
 
-@dataclass(frozen=True, eq=False)
-class ConvWeights:
-    """conv1..conv5 weights and biases (Caffe layer names) and where they came from."""
-
-    tensors: dict[str, torch.Tensor]  # "conv1.weight", "conv1.bias", ...
-    source: str
-    sha256: str | None = None
-
-    def groups(self) -> dict[str, int]:
-        """Each layer's group count, from its input channels and the weight's (Cout, Cin / group, k, k) shape."""
-        in_channels = {"conv1": 3}
-        for prev, layer in zip(CONV_LAYERS, CONV_LAYERS[1:]):
-            in_channels[layer] = int(self.tensors[f"{prev}.weight"].shape[0])
-        out = {}
-        for layer in CONV_LAYERS:
-            per_group = int(self.tensors[f"{layer}.weight"].shape[1])
-            if in_channels[layer] % per_group:
-                raise ValueError(f"{self.source}: {layer}.weight has {per_group} input channels per group, which "
-                                 f"does not divide the {in_channels[layer]} channels of its input.")
-            out[layer] = in_channels[layer] // per_group
-        return out
+# The transferred layers (`jigsawpp.models.transfer_weights`); ConvWeights is the name this module used before.
+ConvWeights = TransferWeights
 
 
-def _pick_conv(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for layer in CONV_LAYERS:
-        for blob in ("weight", "bias"):
-            wanted = f"{layer}.{blob}"
-            hits = [k for k in state if k == wanted or k.endswith("." + wanted)]
-            if len(hits) != 1:
-                found = "none" if not hits else ", ".join(hits)
-                raise KeyError(f"{source}: need exactly one tensor named like {wanted!r} (found {found}); the "
-                               f"detector transfers {', '.join(CONV_LAYERS)} by their Caffe layer names.")
-            tensors[wanted] = state[hits[0]].detach().float().clone()
-    return tensors
-
-
-def _release_conv_weights(directory: Path, manifest: dict) -> ConvWeights:
-    """conv1..conv5 of a converted release's transfer variant (`jigsawpp.models.from_release`)."""
-    from jigsawpp.io import sha256_file
-    from jigsawpp.models import from_release
-
-    alexnet = from_release(directory, "transfer")
-    c = alexnet.config
+def _check_caffenet_layout(weights: TransferWeights, directory: Path) -> None:
+    """A release's transfer variant must compute in the Fast R-CNN CaffeNet what it computed in its own net."""
+    c = weights.config
+    if c is None:
+        return
     problems = []
     if c.conv1_stride != 4:
         problems.append(f"conv1 stride {c.conv1_stride} (ROI pooling at 1/16 needs the stride-4 conv1)")
@@ -173,45 +139,30 @@ def _release_conv_weights(directory: Path, manifest: dict) -> ConvWeights:
         problems.append("LRN before pooling (the Fast R-CNN CaffeNet pools first)")
     if (c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k) != (5, 1e-4, 0.75, 1.0):
         problems.append(f"LRN {c.lrn_size}/{c.lrn_alpha}/{c.lrn_beta}/k={c.lrn_k} (CaffeNet: 5/0.0001/0.75/k=1)")
-    name = manifest.get("transfer_variant")
     if problems:
-        raise ValueError(f"{directory}: the transfer variant {name!r} differs from the Fast R-CNN CaffeNet in "
-                         + "; ".join(problems) + ". Its conv weights would compute something else there.")
-    entry = manifest["variants"][name]
-    weights = directory / name / entry["files"]["weights"]
-    return ConvWeights(tensors=_pick_conv(alexnet.state_dict(), str(weights)), source=f"{directory.name}/{name}",
-                       sha256=sha256_file(weights))
+        raise ValueError(f"{directory}: the transfer variant {weights.source!r} differs from the Fast R-CNN CaffeNet "
+                         "in " + "; ".join(problems) + ". Its conv weights would compute something else there.")
 
 
-def conv_weights_from_model_dir(model_dir: str | os.PathLike[str]) -> ConvWeights:
-    """conv1..conv5 of a model folder: a converted release (``jigsawpp convert RELEASE.zip``, its transfer
-    variant) or a converted Caffe model (``model.safetensors`` keyed by Caffe layer names). Keys may carry a
-    prefix (``features.conv1.weight``) if it is unambiguous."""
-    from jigsawpp.io import load_state_dict_file, sha256_file
-
-    directory = Path(model_dir)
-    manifest_path = directory / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if "variants" in manifest:
-            return _release_conv_weights(directory, manifest)
-    path = directory / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; --model must be a folder written by `jigsawpp convert` "
-                                "(a release folder with manifest.json, or model.safetensors + manifest.json).")
-    return ConvWeights(tensors=_pick_conv(load_state_dict_file(path), str(path)), source=str(directory.name),
-                       sha256=sha256_file(path))
+def conv_weights_from_model_dir(model_dir: str | os.PathLike[str], *, layers: str = "conv") -> TransferWeights:
+    """The detector's transferred layers from a model folder (`jigsawpp.models.transfer_weights`): conv1..conv5, and
+    fc6/fc7 with ``layers="conv+fc"``; a release's transfer variant must have the CaffeNet layout."""
+    weights = transfer_weights(model_dir, layers=layers)
+    _check_caffenet_layout(weights, Path(model_dir))
+    return weights
 
 
-def build_detector(conv_weights: ConvWeights | None = None, *, seed: int = 0) -> FastRCNN:
-    """The detector with conv layers from `conv_weights` (fillers when None) and fresh fc6/fc7/heads.
+def build_detector(conv_weights: TransferWeights | None = None, *, seed: int = 0) -> FastRCNN:
+    """The detector with the transferred layers of `conv_weights` (conv1..conv5, and fc6/fc7 when it holds them;
+    fillers when None) and the other layers from the prototxt's fillers.
 
     `seed` seeds the fillers, so two builds with the same seed are identical.
     """
     groups = conv_weights.groups() if conv_weights is not None else None
     net = caffe_import.load(detector_definition(groups), inputs=_INPUT_SHAPES,
                             outputs=["cls_score", "bbox_pred"], phase="TRAIN", seed=seed)
-    description = "Fast R-CNN CaffeNet (" + (f"conv1-5 from {conv_weights.source}" if conv_weights else
+    taken = "conv1-5" + ("+fc6-7" if conv_weights is not None and "fc6.weight" in conv_weights.tensors else "")
+    description = "Fast R-CNN CaffeNet (" + (f"{taken} from {conv_weights.source}" if conv_weights else
                                              "filler-initialised") + ")"
     model = FastRCNN(net, description=description)
     if conv_weights is not None:
@@ -221,7 +172,8 @@ def build_detector(conv_weights: ConvWeights | None = None, *, seed: int = 0) ->
                 target = getattr(model.layer(layer), blob)
                 if tuple(target.shape) != tuple(value.shape):
                     raise ValueError(f"{conv_weights.source}: {key} has shape {tuple(value.shape)}, the Fast R-CNN "
-                                     f"CaffeNet needs {tuple(target.shape)}.")
+                                     f"CaffeNet needs {tuple(target.shape)}"
+                                     + (" (fc6 over the 6 x 6 ROI-pooled conv5)" if layer == "fc6" else "") + ".")
                 target.copy_(value)
     return model
 

@@ -149,6 +149,24 @@ def test_detect_set_replays_fast_rcnn_thresholds(monkeypatch):
     assert sum(len(got[1][i]) for i in range(n_images)) < n_images * cfg.max_per_image
 
 
+@pytest.mark.parametrize("name", ["noroozi18-ms", "noroozi18-ss", "fast-rcnn-ss", "ms-train-ss-test"])
+def test_test_nms_is_fast_rcnn_0_3(monkeypatch, name):
+    """Per-class NMS at fast-rcnn's TEST.NMS = 0.3 (lib/fast_rcnn/config.py) in every preset: a pair of boxes at IoU
+    48/152 = 0.316 loses its weaker box, a pair at 45/155 = 0.290 keeps both."""
+    import eval.detection.test as test_module
+
+    dets = np.array([[0, 0, 99, 99, 0.9], [52, 0, 151, 99, 0.8],          # IoU 0.316
+                     [300, 0, 399, 99, 0.7], [355, 0, 454, 99, 0.6]], np.float32)  # IoU 0.290
+    entry = build_entry(image_id="0", image_path="x", width=500, height=200, gt_boxes=np.zeros((0, 4)),
+                        gt_classes=np.zeros(0, int), proposals=dets[:, :4])
+    monkeypatch.setattr(test_module, "image_candidates",
+                        lambda model, e, cfg, device="cpu": [np.zeros((0, 5), np.float32), dets])
+    model = _Stub()
+    model.net.blob_shapes = {"cls_score": (1, 2)}
+    kept = detect_set(model, [entry], protocol(name), progress=False)[1][0]
+    np.testing.assert_array_equal(kept[:, 4], np.float32([0.9, 0.7, 0.6]))
+
+
 def test_results_files_in_fast_rcnn_format(tmp_path):
     dets = np.array([[0, 1, 10.04, 20.06, 0.98765]], np.float32)
     empty = np.zeros((0, 5), np.float32)
