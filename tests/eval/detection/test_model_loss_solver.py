@@ -174,3 +174,23 @@ def test_conv_weights_from_a_converted_release(tmp_path):
         assert torch.equal(value, reference[key]), key
     assert conv.sha256 and "release" in conv.source
     build_detector(conv)  # shapes fit the Fast R-CNN CaffeNet
+
+
+def test_fc6_fc7_from_the_model_on_request(conv_model_dir):
+    from jigsawpp.models import TransferWeights
+
+    conv = conv_weights_from_model_dir(conv_model_dir)
+    g = torch.Generator().manual_seed(1)
+    fc = {"fc6.weight": torch.randn(4096, 9216, generator=g) * 0.01, "fc6.bias": torch.randn(4096, generator=g),
+          "fc7.weight": torch.randn(4096, 4096, generator=g) * 0.01, "fc7.bias": torch.randn(4096, generator=g)}
+    weights = TransferWeights(tensors={**conv.tensors, **fc}, choice="conv+fc", source="test")
+    model = build_detector(weights, seed=0)
+    for key, value in fc.items():
+        layer, blob = key.split(".")
+        assert torch.equal(getattr(model.layer(layer), blob), value)
+    fresh = build_detector(conv, seed=0)
+    assert fresh.layer("fc6").weight.std().item() == pytest.approx(0.005, rel=0.02)  # the prototxt's filler
+    bad = TransferWeights(tensors={**conv.tensors, **fc, "fc6.weight": torch.zeros(4096, 2304)}, choice="conv+fc",
+                          source="stride-2 tower")
+    with pytest.raises(ValueError, match=r"fc6.weight has shape \(4096, 2304\).*6 x 6 ROI-pooled conv5"):
+        build_detector(bad)
