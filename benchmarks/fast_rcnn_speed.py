@@ -83,7 +83,7 @@ def _model(seed: int = 0):
         fan_in = math.prod(shape[1:])
         tensors[f"{layer}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
         tensors[f"{layer}.bias"] = torch.zeros(shape[0])
-    return build_detector(ConvWeights(tensors=tensors, source="seeded He weights"), seed=seed)
+    return build_detector(ConvWeights(tensors=tensors, choice="conv", source="seeded He weights"), seed=seed)
 
 
 def time_training(cfg, entries, device, iters: int, *, precision: str | None = None,
