@@ -105,13 +105,15 @@ def provenance_stamp(
 
 
 def protocol_key(stamp: dict[str, Any]) -> str:
-    """A one-line summary of what changes the number: AP, scales, proposals, iterations, frozen layers, rescaling."""
+    """A one-line summary of what changes the number: AP, scales, proposals, iterations, frozen layers, rescaling,
+    and where fc6/fc7 came from (``jigsawpp verify`` prints it beside every number)."""
     parts = ["voc07-11pt", f"test {stamp['test_scales']}"]
     if stamp.get("mode") == "train+test":
         parts += [f"train {stamp['train_scales']}", f"{stamp['iterations']} it",
                   "frozen " + (",".join(stamp["frozen_layers"]) or "none")]
         if stamp.get("rescaled"):
             parts.append("rescaled")
+        parts.append("fc6/fc7 " + ("from the model" if "fc6" in stamp.get("transferred_layers", []) else "fresh"))
     else:
         parts.append("given detector")
     parts.append(f"proposals {stamp['proposals'].get('method', '?')}")

@@ -54,6 +54,7 @@ def test_stamp_records_the_preset_and_every_override():
                 transfer={"transfer": "conv+fc", "transferred_layers": TRANSFER_CONV["transferred_layers"]
                           + ["fc6", "fc7"]})
     assert fc["fc6_fc7"] == "from the model's caffemodel" and fc["fresh_layers"] == ["cls_score", "bbox_pred"]
+    assert "fc6/fc7 from the model" in fc["key"] and "fc6/fc7 fresh" in stamp["key"]
     json.dumps(stamp)
 
 
@@ -95,6 +96,6 @@ def test_verify_places_a_result_in_its_table3_cell(tmp_path):
     lines = res.output.splitlines()
     assert lines[0] == "paper row: CC+Jigsaw++"
     ms = next(line for line in lines if "detection_ms" in line)
-    assert "55.1" in ms and "55.8" in ms and "-0.7" in ms
+    assert "55.1" in ms and "55.8" in ms and "-0.7" in ms and "fc6/fc7 fresh" in ms
     assert "max_iters 200 (preset noroozi18-ss: 150000; paper: 150000)" in res.output
     assert res.output.count("differs:") == 3 and "no provenance stamp" in res.output
