@@ -83,7 +83,7 @@ def _model(seed: int = 0):
         fan_in = math.prod(shape[1:])
         tensors[f"{layer}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
         tensors[f"{layer}.bias"] = torch.zeros(shape[0])
-    return build_detector(ConvWeights(tensors=tensors, source="seeded He weights"), seed=seed)
+    return build_detector(ConvWeights(tensors=tensors, choice="conv", source="seeded He weights"), seed=seed)
 
 
 def time_training(cfg, entries, device, iters: int, *, precision: str | None = None,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = _photo(Path(tmp))
-        for scale, proto in (("single", "single_scale"), ("multi", "multiscale")):
+        for scale, proto in (("single", "noroozi18-ss"), ("multi", "noroozi18-ms")):
             cfg = protocol(proto, amp=args.amp)
             entries, _, proposals = _roidb(path, cfg)
             train, _ = time_training(cfg, entries, device, args.iters)

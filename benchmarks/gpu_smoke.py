@@ -291,7 +291,7 @@ def fast_rcnn_train(ctx: Context) -> tuple[str, dict]:
     """A few SGD steps at each precision: fp32, bf16 autocast, fp16 autocast (with loss scaling)."""
     from benchmarks.fast_rcnn_speed import time_training
 
-    cfg, _, entries, _, _ = _detection_setup(ctx, "multiscale")
+    cfg, _, entries, _, _ = _detection_setup(ctx, "noroozi18-ms")
     iters, warmup = (1, 0) if ctx.tiny else (10, 3)
     # fp16 autocast is a CUDA path (CPU fp16 convolutions are a slow reference path): CPU runs fp32 and bf16
     precisions = ("fp32", "bf16", "fp16") if ctx.device.type == "cuda" else ("fp32", "bf16")
@@ -309,7 +309,7 @@ def fast_rcnn_train(ctx: Context) -> tuple[str, dict]:
 def fast_rcnn_test(ctx: Context) -> tuple[str, dict]:
     from benchmarks.fast_rcnn_speed import time_testing
 
-    cfg, path, _, _, proposals = _detection_setup(ctx, "multiscale")
+    cfg, path, _, _, proposals = _detection_setup(ctx, "noroozi18-ms")
     if ctx.tiny:
         proposals = proposals[:200]
     seconds = time_testing(cfg, path, proposals, ctx.device, 1 if ctx.tiny else 5, warmup=0 if ctx.tiny else 2)

@@ -72,12 +72,12 @@ def photo_bgr(size: tuple[int, int] = PHOTO_SIZE):
 
 
 def seeded_transfer_weights(seed: int = 0):
-    """conv1..conv5 with He-scaled seeded values in CaffeNet's shapes, as `eval.transfer_layers` would load them."""
+    """conv1..conv5 with He-scaled seeded values in CaffeNet's shapes, as `jigsawpp.transfer_weights` loads them."""
     import math
 
     import torch
 
-    from eval.transfer_layers import TransferWeights
+    from jigsawpp.transfer_weights import TransferWeights
 
     shapes = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
               "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3)}

@@ -157,12 +157,15 @@ def paper_method_of(model_dir: str | os.PathLike[str]) -> str | None:
 # ---- detection (Table 3) ----------------------------------------------------------------------------------------
 
 
-def _voc2007_test_check(data: dict) -> str | None:
-    """None when `data` (a detection scores.json) was scored on the full VOC2007 test set, else why it was not."""
+def _voc2007_test_check(data: dict, stamp: dict | None = None) -> str | None:
+    """None when `data` (a detection scores.json) was scored on the full VOC2007 test set, else why it was not.
+    The image count comes from the scores (``n_images``) or the stamp (``data.test.images``, eval.detection)."""
     split = (data.get("provenance") or {}).get("split")
     if split not in (None, "test"):
         return f"scored on split {split!r}, not the VOC2007 test set: {NOT_COMPARABLE}"
     n_images = data.get("n_images")
+    if n_images is None:
+        n_images = (((stamp or {}).get("data") or {}).get("test") or {}).get("images")
     if n_images is not None and n_images != VOC2007_TEST_IMAGES:
         return f"test set of {n_images} images, not the full VOC2007 test ({VOC2007_TEST_IMAGES:,}): {NOT_COMPARABLE}"
     per_class = data.get("per_class") or {}
@@ -178,35 +181,6 @@ def _voc2007_test_check(data: dict) -> str | None:
     return None
 
 
-def _detection_deviations(stamp: dict) -> list[str]:
-    deviations = []
-    if not stamp or "config" not in stamp:
-        return ["no provenance stamp: protocol unknown"]
-    cfg = stamp["config"]
-    trained = stamp.get("mode") == "train+test"
-    if not trained:
-        deviations.append("a given detector, not fine-tuned here")
-    elif stamp.get("iterations") != PAPER_DETECTION_PROTOCOL["iterations"]:
-        deviations.append(f"{stamp.get('iterations')} iterations (paper: 150000)")
-    if trained and cfg.get("lr_stepsize") != PAPER_DETECTION_PROTOCOL["lr_stepsize"]:
-        deviations.append(f"lr step every {cfg.get('lr_stepsize')} (paper: 50000)")
-    if cfg.get("proposals") != PAPER_DETECTION_PROTOCOL["proposals"]:
-        deviations.append(f"proposals {cfg.get('proposals')} (paper: the released selective-search boxes)")
-    from eval.detection.config import protocol
-
-    expected = protocol("multiscale" if stamp.get("test_pyramid") else "single_scale").to_dict()
-    keys = ("test_scales", "test_max_size") if not trained else (
-        "train_scales", "train_max_size", "test_scales", "test_max_size")
-    for key in keys:
-        if cfg.get(key) != expected[key]:
-            deviations.append(f"{key} {cfg.get(key)} (paper: {expected[key]})")
-    if cfg.get("rescale"):
-        deviations.append("Kraehenbuehl rescaling")
-    if cfg.get("amp"):
-        deviations.append("bfloat16 autocast")
-    return deviations
-
-
 def detection_rows(scores_path: Path, data: dict, method: str | None) -> list[VerifyRow]:
     """The Table 3 detection row of a Fast R-CNN result (`eval.detection.pipeline`'s scores.json)."""
     from jigsawpp.paper import paper_numbers
@@ -215,8 +189,10 @@ def detection_rows(scores_path: Path, data: dict, method: str | None) -> list[Ve
     measured = data.get("map_11point")
     measured = None if measured is None else 100.0 * measured  # the paper reports percentages
     column = "detection_ms" if stamp.get("test_pyramid") else "detection_ss"
-    deviations = _detection_deviations(stamp)
-    test_set = _voc2007_test_check(data)
+    from eval.detection.provenance import deviations as detection_deviations
+
+    deviations = detection_deviations(stamp)  # from the stamp's preset and from the paper's protocol
+    test_set = _voc2007_test_check(data, stamp)
     if test_set is not None:
         deviations.insert(0, test_set)
     paper_row = paper_numbers(method).get("table3") if method else None

@@ -2,7 +2,13 @@
 
 Reproduces ``VOCdevkit/VOCcode/PASreadrecord.m`` / ``VOCreadrecxml.m`` for the fields the detection metric needs:
 boxes are kept as written in the XML (1-based, inclusive pixel coordinates), ``difficult`` and ``truncated`` default
-to false when absent. Image ids come from ``ImageSets/Main/<split>.txt``.
+to false when absent. Image ids come from ``ImageSets/Main/<split>.txt`` (UTF-8, with or without a byte-order mark,
+or UTF-16 with one; anything else is an error naming the list).
+
+Class names are normalised once, here, for training and scoring alike: surrounding whitespace stripped and lower-cased
+(fast-rcnn ``pascal_voc.py`` does ``obj.find('name').text.lower().strip()``; the devkit compares the name exactly,
+so a ``<name> Dog </name>`` would count for training but not for scoring if the two read it differently).
+`VOCObject.raw_name` keeps the text as written and `renamed_objects` lists every name the normalisation changed.
 
 XML safety: annotations are parsed with the standard library (``xml.etree.ElementTree``) after a first
 ``xml.parsers.expat`` pass that refuses any document type declaration. Entities can only be declared inside a DTD, so
@@ -13,7 +19,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +32,27 @@ from eval.constants import (
     VOC_IMAGESETS_DIR,
 )
 
-__all__ = ["VOCAnnotation", "VOCDataset", "VOCObject", "load_annotation", "parse_annotation"]
+__all__ = ["VOCAnnotation", "VOCDataset", "VOCObject", "load_annotation", "normalise_class_name", "parse_annotation",
+           "read_image_set", "renamed_objects"]
+
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def normalise_class_name(name: str) -> str:
+    """The one normalisation of class names: surrounding whitespace stripped, lower-cased (fast-rcnn's)."""
+    return name.strip().lower()
 
 
 @dataclass(frozen=True)
 class VOCObject:
-    """One annotated object. ``box`` is (x1, y1, x2, y2), 1-based inclusive pixels, as in the XML."""
+    """One annotated object. ``box`` is (x1, y1, x2, y2), 1-based inclusive pixels, as in the XML; ``name`` is
+    normalised (`normalise_class_name`), ``raw_name`` the text as written (None when it equals ``name``)."""
 
     name: str
     box: tuple[float, float, float, float]
     difficult: bool
     truncated: bool
+    raw_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +118,16 @@ def parse_annotation(data: bytes, *, image_id: str, source: str = "<bytes>") -> 
     for index, obj in enumerate(root.findall("object")):
         where = f"{source} (object {index})"
         box = tuple(_number(obj, f"bndbox/{key}", where) for key in ("xmin", "ymin", "xmax", "ymax"))
+        _text(obj, "name", where)  # refuses a missing or empty name
+        raw = obj.find("name").text  # type: ignore[union-attr]  # checked just above
+        name = normalise_class_name(raw)
         objects.append(
             VOCObject(
-                name=_text(obj, "name", where),
+                name=name,
                 box=box,  # type: ignore[arg-type]  # four floats by construction
                 difficult=_flag(obj, "difficult", where),
                 truncated=_flag(obj, "truncated", where),
+                raw_name=None if raw == name else raw,
             )
         )
     return VOCAnnotation(
@@ -125,6 +146,42 @@ def load_annotation(xml_path: str | Path) -> VOCAnnotation:
     except FileNotFoundError:
         raise FileNotFoundError(f"VOC annotation file {path} does not exist.") from None
     return parse_annotation(data, image_id=path.stem, source=str(path))
+
+
+def read_image_set(path: str | Path) -> tuple[str, ...]:
+    """The image ids of an ``ImageSets/Main/<split>.txt`` list: one per line, surrounding whitespace stripped,
+    empty lines skipped. UTF-8 (a byte-order mark is dropped) or UTF-16 with its byte-order mark.
+
+    Raises:
+        ValueError: undecodable text, or an id listed twice (the message names the list file).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"VOC image set {path} is not {encoding.replace('-sig', '')} text ({exc.reason} at byte "
+                         f"{exc.start}); save it as UTF-8, one image id per line.") from None
+    if "\x00" in text:
+        raise ValueError(f"VOC image set {path} contains NUL characters (UTF-16 without a byte-order mark?); save it "
+                         "as UTF-8, one image id per line.")
+    ids = tuple(i for i in (line.strip() for line in text.splitlines()) if i)
+    twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if twice:
+        raise ValueError(f"VOC image set {path} lists image ids more than once: {', '.join(twice[:5])}.")
+    return ids
+
+
+def renamed_objects(annotations: Iterable[VOCAnnotation], folder: str | Path = "") -> dict[tuple[str, str], list[str]]:
+    """``{(name as written, normalised name): [annotation files]}`` for every object whose class name the
+    normalisation changed (e.g. ``(" Dog ", "dog")``)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for ann in annotations:
+        for obj in ann.objects:
+            if obj.raw_name is not None:
+                out.setdefault((obj.raw_name, obj.name), []).append(str(Path(folder) / f"{ann.image_id}.xml"))
+    return out
 
 
 class VOCDataset:
@@ -146,10 +203,8 @@ class VOCDataset:
                 f"VOC image set {list_path} does not exist; is {self.root} a VOCdevkit/VOC20XX folder "
                 f"and is {split!r} one of its splits?"
             )
-        ids = [line.strip() for line in list_path.read_text().splitlines()]
-        self.image_ids: tuple[str, ...] = tuple(i for i in ids if i)
-        if len(set(self.image_ids)) != len(self.image_ids):
-            raise ValueError(f"VOC image set {list_path} lists some image ids more than once.")
+        self.list_path = list_path
+        self.image_ids: tuple[str, ...] = read_image_set(list_path)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -165,6 +220,10 @@ class VOCDataset:
         if not path.is_file():
             raise FileNotFoundError(f"VOC annotation {path} for image {image_id!r} of split {self.split!r} is missing.")
         return load_annotation(path)
+
+    def renamed_objects(self) -> dict[tuple[str, str], list[str]]:
+        """`renamed_objects` over the split's annotations."""
+        return renamed_objects(self.annotations(), self.root / VOC_ANNOTATIONS_DIR)
 
     def annotations(self) -> Iterator[VOCAnnotation]:
         """All annotations of the split, in image-set order."""

@@ -29,7 +29,7 @@ class VOCClassificationConfig:
 
     # ---- network ------------------------------------------------------------------------------------------------
     variant: Literal["all", "fc678", "fc8", "pool5"] = "all"  # [params]; Table 3 fine-tunes every layer
-    transfer: Literal["conv", "conv+fc"] = "conv"  # eval.transfer_layers: the paper transfers the conv layers
+    transfer: Literal["conv", "conv+fc"] = "conv"  # jigsawpp.transfer_weights: the paper transfers the conv layers
     rescale: bool = False  # Kraehenbuehl et al.'s data-dependent rescaling of conv1..conv5 first (--rescale)
     init_seed: int = 0  # [ours] seeds the fresh layers' N(0, 0.01) draws
 

@@ -13,7 +13,7 @@ philkr/voc-classification@c209779 ``src/train_cls.py``:
 The variants of ``experiments/ALL_PARAMS``: ``all`` (the paper's Table 3: everything trained), ``fc678``
 (``--train-from pool5``), ``fc8`` (``--train-from drop7``) and ``pool5`` (``--clip pool5 --train-from pool5``).
 
-Which layers come from the model is `eval.transfer_layers`' shared choice: conv1..conv5 by default, fc6/fc7 on
+Which layers come from the model is `jigsawpp.transfer_weights`' shared choice: conv1..conv5 by default, fc6/fc7 on
 request. philkr's code copies fc6/fc7 from an ImageNet model; when they are not transferred here they are fresh,
 initialised by philkr's re-initialisation rule (N(0, 0.01), bias 0.1, what ``--random-from pool5`` does). Fresh
 fc6/fc7 that a variant freezes (``fc8``) would classify random features, so that combination is refused.
@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eval.transfer_layers import CONV_LAYERS, FC_LAYERS, TransferWeights
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
+from jigsawpp.transfer_weights import TRANSFER_CONV_LAYERS as CONV_LAYERS
+from jigsawpp.transfer_weights import TRANSFER_FC_LAYERS as FC_LAYERS
+from jigsawpp.transfer_weights import TransferWeights
 
 __all__ = ["VARIANTS", "ClassifierVariant", "VOCClassifier", "build_classifier", "classifier_param_specs"]
 

@@ -43,7 +43,8 @@ from eval.classification.metric import ClassificationAP, VOCClassificationMetric
 from eval.classification.model import VARIANTS, VOCClassifier, build_classifier, classifier_param_specs
 from eval.classification.provenance import classification_stamp
 from eval.segmentation.evaluate import autocast_dtype
-from eval.transfer_layers import CONV_LAYERS, transfer_weights_from_model_dir
+from jigsawpp.transfer_weights import TRANSFER_CONV_LAYERS as CONV_LAYERS
+from jigsawpp.transfer_weights import transfer_weights
 
 __all__ = ["ClassificationRun", "evaluate_classifier", "run_classification", "sigmoid_cross_entropy"]
 
@@ -182,7 +183,7 @@ def run_classification(model_dir: str | os.PathLike[str], voc_root: str | os.Pat
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {size} processes; the protocol's "
                          "batch is split evenly over them (use 1, 2, 4, 8 or 16 processes, or --set batch_size=...).")
     voc = resolve_voc_root(voc_root)
-    weights = transfer_weights_from_model_dir(model_dir, transfer=cfg.transfer)
+    weights = transfer_weights(model_dir, layers=cfg.transfer)
     variant = VARIANTS[cfg.variant]
     model = build_classifier(weights, variant, seed=cfg.init_seed)
     train = read_class_labels(voc, cfg.train_split)

@@ -13,7 +13,9 @@ from typing import Any
 
 from eval.classification.config import VOCClassificationConfig
 from eval.classification.model import RANDOM_BIAS, RANDOM_STD, VARIANTS
-from eval.transfer_layers import CONV_LAYERS, FC_LAYERS, TransferWeights
+from jigsawpp.transfer_weights import TRANSFER_CONV_LAYERS as CONV_LAYERS
+from jigsawpp.transfer_weights import TRANSFER_FC_LAYERS as FC_LAYERS
+from jigsawpp.transfer_weights import TransferWeights
 
 __all__ = ["PAPER_CLASSIFICATION_PROTOCOL", "PROTOCOL_NAME", "cls_seg_verify_row", "classification_stamp",
            "verify_row"]
@@ -46,7 +48,7 @@ def classification_stamp(cfg: VOCClassificationConfig, *, weights: TransferWeigh
         "variant": cfg.variant,
         "trained_layers": list(variant.trained),
         "frozen_layers": [n for n in layers if n not in variant.trained],
-        "init": {**weights.stamp(), "fresh_layers": fresh_rule},
+        "init": {**weights.record(), "fresh_layers": fresh_rule},
         "rescaled": ({"method": "Kraehenbuehl et al. 2016 between-layer (magic_init -cs)", "scales": rescaled}
                      if cfg.rescale else None),
         "iterations": iterations,

@@ -7,8 +7,11 @@ Sources, abbreviated in the comments:
   [mb]       ``lib/roi_data_layer/minibatch.py``; [roidb] ``lib/roi_data_layer/roidb.py``
   [test]     ``lib/fast_rcnn/test.py``
   [voc]      ``lib/datasets/pascal_voc.py``; [train_net] ``tools/train_net.py``
-  [paper]    Noroozi et al., CVPR 2018, and the Jigsaw++ project page: 150K iterations, lr / 10 every 50K
   [color]    richzhang/colorization ``README.md@dae5a65``: multi-scale training, single-scale testing, 150K / 50K
+  [release]  the Jigsaw++ release page (Noroozi et al. 2018): "multiscale train/test fine-tuning using Fast-rcnn
+             framework for 150K iterations, initial learning rate of 0.001 and dropping learning rate by 0.1 at every
+             50K iterations. The maximum image size of train and test is set to 2000"; only the convolutional layers
+             are used for transfer
   [rcnn]     rbgirshick/rcnn ``selective_search/selective_search_boxes.m`` (how Fast R-CNN's proposals were made)
   [pyfrcnn]  rbgirshick/py-faster-rcnn ``lib/fast_rcnn/config.py`` (a later variant, only where named)
 
@@ -25,21 +28,26 @@ from typing import Any, Literal
 from eval.config_fields import check_types, config_from_dict, config_to_dict
 from jigsawpp.constants import FAST_RCNN_PIXEL_MEANS_BGR
 
-__all__ = ["PROTOCOLS", "FastRCNNConfig", "protocol"]
+__all__ = ["DEFAULT_PROTOCOL", "PAPER_PROTOCOLS", "PROTOCOLS", "PROTOCOL_ALIASES", "FastRCNNConfig",
+           "canonical_protocol", "preset_overrides", "protocol"]
 
-ProposalMethod = Literal["selective_search_mat", "opencv_fast", "opencv_quality"]
+ProposalMethod = Literal["selective_search_mat", "rcnn_fast", "opencv_fast", "opencv_quality"]
 BBoxNormalization = Literal["empirical", "precomputed"]
+TransferLayers = Literal["conv", "conv+fc"]
 
 
 @dataclass(frozen=True)
 class FastRCNNConfig:
-    """Every setting of training and testing. Defaults: the paper protocol, single scale (see `PROTOCOLS`)."""
+    """Every setting of training and testing. Defaults: the paper's protocol, ``noroozi18-ms`` (see `PROTOCOLS`)."""
 
     # ---- images -------------------------------------------------------------------------------------------------
-    train_scales: tuple[int, ...] = (600,)  # shorter side in pixels; one picked at random per image [cfg][mb]
-    train_max_size: int = 1000  # cap on the longer side after scaling [cfg]
-    test_scales: tuple[int, ...] = (600,)  # several = an image pyramid, ROI -> level closest to 224^2 [cfg][test]
-    test_max_size: int = 1000  # [cfg]
+    # shorter side in pixels, one picked at random per image [mb]; the paper's multi-scale set [release][ms]
+    # (fast-rcnn's default: (600,) [cfg])
+    train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200)
+    train_max_size: int = 2000  # cap on the longer side after scaling [release][ms] (fast-rcnn's default 1000 [cfg])
+    # several = an image pyramid, each ROI at the level closest to 224^2 [test]; the paper tests multi-scale [release]
+    test_scales: tuple[int, ...] = (480, 576, 688, 864, 1200)
+    test_max_size: int = 2000  # [release][ms]
     pyramid_target_area: int = 224 * 224  # the area each ROI is mapped closest to in a pyramid [test]
     pixel_means_bgr: tuple[float, float, float] = FAST_RCNN_PIXEL_MEANS_BGR  # subtracted from 0..255 BGR [cfg]
     use_flipped: bool = True  # add horizontally flipped copies of every training image [cfg]
@@ -55,11 +63,11 @@ class FastRCNNConfig:
     bg_thresh_hi: float = 0.5  # background: max IoU in [bg_thresh_lo, bg_thresh_hi) [cfg]
     bg_thresh_lo: float = 0.1  # [cfg]
     bbox_thresh: float = 0.5  # ROIs with IoU >= this get regression targets [cfg][roidb]
-    # "precomputed" (default; the protocol this project specifies): targets minus `bbox_means`, divided by
-    # `bbox_stds` ([pyfrcnn] BBOX_NORMALIZE_MEANS/STDS). "empirical": per-class mean and std measured over the
-    # training ROIs, as fast-rcnn@b612190 itself did ([roidb] add_bbox_regression_targets). Either way the saved
-    # detector predicts raw deltas, as fast-rcnn's snapshot un-normalises bbox_pred [train].
-    bbox_normalization: BBoxNormalization = "precomputed"
+    # "empirical" (fast-rcnn@b612190, [roidb] add_bbox_regression_targets): per-class mean and std of the targets
+    # measured over the training ROIs. "precomputed": targets minus `bbox_means`, divided by `bbox_stds`, the fixed
+    # values of the later py-faster-rcnn ([pyfrcnn] BBOX_NORMALIZE_MEANS/STDS). Either way the saved detector
+    # predicts raw deltas, as fast-rcnn's snapshot un-normalises bbox_pred [train].
+    bbox_normalization: BBoxNormalization = "empirical"
     bbox_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # [pyfrcnn] BBOX_NORMALIZE_MEANS
     bbox_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)  # [pyfrcnn] BBOX_NORMALIZE_STDS
     box_eps: float = 1e-14  # widths are x2 - x1 + EPS in target encoding and decoding [cfg] EPS, [roidb][test]
@@ -68,8 +76,8 @@ class FastRCNNConfig:
     # ---- solver (Caffe SGD) -------------------------------------------------------------------------------------
     base_lr: float = 0.001  # [solver]
     lr_gamma: float = 0.1  # "step" policy: lr = base_lr * gamma ^ floor(iter / stepsize) [solver]
-    lr_stepsize: int = 50_000  # [paper] (fast-rcnn's solver: 30000)
-    max_iters: int = 150_000  # [paper] (fast-rcnn's train_net default: 40000)
+    lr_stepsize: int = 50_000  # [release] (fast-rcnn's solver: 30000)
+    max_iters: int = 150_000  # [release] (fast-rcnn's train_net default: 40000)
     momentum: float = 0.9  # [solver]
     weight_decay: float = 0.0005  # [solver]; biases have decay_mult 0 and lr_mult 2 [net]
     # conv1 has lr_mult 0 in [net] (frozen for ImageNet weights). Whether to keep it frozen for self-supervised
@@ -85,12 +93,17 @@ class FastRCNNConfig:
     dedup_boxes: float = 1.0 / 16.0  # ROIs equal after rounding ROI * 1/16 are computed once [cfg][test]
 
     # ---- proposals ----------------------------------------------------------------------------------------------
-    # "selective_search_mat": the released selective-search .mat files fast-rcnn loads [voc]; "opencv_fast" /
-    # "opencv_quality": computed with OpenCV's ximgproc (its "fast" mode is Fast R-CNN's choice [rcnn]).
-    proposals: ProposalMethod = "opencv_fast"
+    # "selective_search_mat": the released selective-search .mat files fast-rcnn loads [voc] (what the paper used;
+    # --ss-mat). Without them "rcnn_fast" (default) computes R-CNN's fast mode [rcnn] from OpenCV's pieces
+    # (eval.detection.selective_search lists what still differs); "opencv_fast" / "opencv_quality" are OpenCV's own
+    # modes (other segmentation parameters).
+    proposals: ProposalMethod = "rcnn_fast"
     proposal_min_size: int = 20  # drop proposals narrower or shorter than this (minBoxWidth) [rcnn]
 
     # ---- initialisation -----------------------------------------------------------------------------------------
+    # which layers of the converted model initialise the detector (jigsawpp.transfer_weights.transfer_weights): "conv" =
+    # conv1..conv5, fc6/fc7 from the prototxt's fillers [release]; "conv+fc" also takes fc6/fc7 from the model
+    transfer: TransferLayers = "conv"
     # Krähenbühl et al. (ICLR 2016) between-layer rescaling of the transferred conv layers (philkr/magic_init ``-cs``)
     rescale: bool = False
     rescale_batches: int = 10  # magic_init ``-nit`` default
@@ -141,24 +154,42 @@ class FastRCNNConfig:
         return config_from_dict(cls, values)
 
 
-# Named protocols: the paper's and the variants other self-supervised papers used.
-_MULTISCALE = dict(train_scales=(480, 576, 688, 864, 1200), train_max_size=2000)  # [ms]
-_MULTISCALE_TEST = dict(test_scales=(480, 576, 688, 864, 1200), test_max_size=2000)  # [ms]
+# Named protocols (presets): the paper's and the variants other papers used. Each entry lists what differs from
+# the dataclass defaults, which are the paper's multi-scale protocol.
+_SINGLE_SCALE = dict(train_scales=(600,), train_max_size=1000, test_scales=(600,), test_max_size=1000)  # [cfg]
+DEFAULT_PROTOCOL = "noroozi18-ms"
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    # the paper's schedule [paper] at fast-rcnn's default single scale 600 / 1000 [cfg]
-    "single_scale": {},
-    # the paper's schedule, multi-scale training and testing [paper][ms]
-    "multiscale": {**_MULTISCALE, **_MULTISCALE_TEST},
-    # multi-scale training, single-scale testing at 600 / 1000 [color]
-    "ms_train_ss_test": {**_MULTISCALE},
-    # fast-rcnn's own CaffeNet recipe: 40000 iterations, lr / 10 at 30000 [solver][train_net]
-    "fast_rcnn_default": dict(max_iters=40_000, lr_stepsize=30_000),
+    # the paper: multi-scale training and testing, max size 2000, 150K iterations, lr / 10 every 50K [release]
+    "noroozi18-ms": {},
+    # the paper's schedule at fast-rcnn's single scale 600 / 1000 (the SS column of Table 3) [release][cfg]
+    "noroozi18-ss": {**_SINGLE_SCALE},
+    # fast-rcnn's own CaffeNet recipe: single scale, 40000 iterations, lr / 10 at 30000 [cfg][solver][train_net]
+    "fast-rcnn-ss": {**_SINGLE_SCALE, "max_iters": 40_000, "lr_stepsize": 30_000},
+    # multi-scale training, single-scale testing at 600 / 1000, the colorization papers' variant [color]
+    "ms-train-ss-test": {"test_scales": (600,), "test_max_size": 1000},
 }
+# the names earlier versions used, still accepted
+PROTOCOL_ALIASES = {"multiscale": "noroozi18-ms", "single_scale": "noroozi18-ss", "fast_rcnn_default": "fast-rcnn-ss",
+                    "ms_train_ss_test": "ms-train-ss-test"}
+# the protocol of each detection column of the paper's Table 3, proposals included
+PAPER_PROTOCOLS = {"detection_ms": ("noroozi18-ms", {"proposals": "selective_search_mat"}),
+                   "detection_ss": ("noroozi18-ss", {"proposals": "selective_search_mat"})}
 
 
-def protocol(name: str, **overrides: Any) -> FastRCNNConfig:
-    """The config of a named protocol (`PROTOCOLS`), with strict overrides."""
+def canonical_protocol(name: str) -> str:
+    """The preset name for `name` (a preset or an old alias); KeyError listing the presets otherwise."""
+    name = PROTOCOL_ALIASES.get(name, name)
     if name not in PROTOCOLS:
-        raise KeyError(f"unknown Fast R-CNN protocol {name!r}; choose one of {sorted(PROTOCOLS)}.")
-    return FastRCNNConfig().replace(**PROTOCOLS[name], **overrides)
+        raise KeyError(f"unknown Fast R-CNN protocol {name!r}; choose one of {', '.join(PROTOCOLS)}.")
+    return name
 
+
+def protocol(name: str = DEFAULT_PROTOCOL, **overrides: Any) -> FastRCNNConfig:
+    """The config of a named protocol (`PROTOCOLS`, or an old name in `PROTOCOL_ALIASES`), with strict overrides."""
+    return FastRCNNConfig().replace(**{**PROTOCOLS[canonical_protocol(name)], **overrides})
+
+
+def preset_overrides(cfg: FastRCNNConfig, name: str) -> dict[str, Any]:
+    """The keys of `cfg` that differ from preset `name`, with cfg's values (JSON-ready)."""
+    preset = protocol(name).to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if preset[k] != v}

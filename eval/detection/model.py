@@ -6,9 +6,10 @@ cls_score 21, bbox_pred 84), run by `caffe_import` with its Python data layer cu
 Layers keep their Caffe names, so conv weights transfer by name from any converted model, and the trained
 detector can be written back as a caffemodel for fast-rcnn's own ``test_net.py``.
 
-Transfer (Noroozi et al. 2018 transfer the conv layers only; the choice is shared by every protocol, see
-`eval.transfer_layers`): conv1..conv5 come from the model, fc6/fc7 and the two heads start from the prototxt's fillers
-(fc6/fc7 gaussian 0.005 / bias 1, cls_score 0.01, bbox_pred 0.001).
+Transfer (Noroozi et al. 2018 transfer the conv layers only; `jigsawpp.transfer_weights` is the choice every
+protocol shares): conv1..conv5 come from the model, fc6/fc7 and the two heads start from the prototxt's fillers
+(fc6/fc7 gaussian 0.005 / bias 1, cls_score 0.01, bbox_pred 0.001); ``transfer="conv+fc"`` takes fc6/fc7 from the
+model too (they fit: ROI pooling gives the 256 x 6 x 6 that fc6 of a 227-pixel AlexNet reads).
 
 Loss (``SoftmaxWithLoss`` + fast-rcnn's ``SmoothL1Loss``, caffe-fast-rcnn@bcd9b4e
 ``src/caffe/layers/smooth_L1_loss_layer.cu``)::
@@ -35,8 +36,8 @@ from torch import nn
 import caffe_import
 import prototxt
 from caffe_import.proto import caffe_pb2
-from eval.transfer_layers import CONV_LAYERS, ConvWeights, conv_weights_from_model_dir
 from jigsawpp.engine.solver import ParamSpec  # re-exported: the detector's blobs are engine ParamSpecs
+from jigsawpp.transfer_weights import TRANSFER_CONV_LAYERS, TransferWeights, transfer_weights
 
 __all__ = [
     "CONV_LAYERS",
@@ -54,6 +55,7 @@ __all__ = [
     "smooth_l1_loss",
 ]
 
+CONV_LAYERS = TRANSFER_CONV_LAYERS
 HEAD_LAYERS = ("fc6", "fc7", "cls_score", "bbox_pred")
 TRAIN_PROTOTXT = "fast_rcnn/CaffeNet/train.prototxt"
 # Any input shape works at run time; these only seed caffe_import's shape inference.
@@ -121,15 +123,27 @@ def detector_definition(groups: Mapping[str, int] | None = None) -> caffe_pb2.Ne
     return net
 
 
-def build_detector(conv_weights: ConvWeights | None = None, *, seed: int = 0) -> FastRCNN:
-    """The detector with conv layers from `conv_weights` (fillers when None) and fresh fc6/fc7/heads.
+# The transferred layers (`jigsawpp.transfer_weights`); ConvWeights is the name this module used before.
+ConvWeights = TransferWeights
+
+
+def conv_weights_from_model_dir(model_dir: str | os.PathLike[str], *, layers: str = "conv") -> TransferWeights:
+    """The detector's transferred layers from a model folder (`jigsawpp.transfer_weights.transfer_weights`):
+    conv1..conv5, and fc6/fc7 with ``layers="conv+fc"``."""
+    return transfer_weights(model_dir, layers=layers)
+
+
+def build_detector(conv_weights: TransferWeights | None = None, *, seed: int = 0) -> FastRCNN:
+    """The detector with the transferred layers of `conv_weights` (conv1..conv5, and fc6/fc7 when it holds them;
+    fillers when None) and the other layers from the prototxt's fillers.
 
     `seed` seeds the fillers, so two builds with the same seed are identical.
     """
     groups = conv_weights.groups() if conv_weights is not None else None
     net = caffe_import.load(detector_definition(groups), inputs=_INPUT_SHAPES,
                             outputs=["cls_score", "bbox_pred"], phase="TRAIN", seed=seed)
-    description = "Fast R-CNN CaffeNet (" + (f"conv1-5 from {conv_weights.source}" if conv_weights else
+    taken = "conv1-5" + ("+fc6-7" if conv_weights is not None and "fc6.weight" in conv_weights.tensors else "")
+    description = "Fast R-CNN CaffeNet (" + (f"{taken} from {conv_weights.source}" if conv_weights else
                                              "filler-initialised") + ")"
     model = FastRCNN(net, description=description)
     if conv_weights is not None:
@@ -139,7 +153,8 @@ def build_detector(conv_weights: ConvWeights | None = None, *, seed: int = 0) ->
                 target = getattr(model.layer(layer), blob)
                 if tuple(target.shape) != tuple(value.shape):
                     raise ValueError(f"{conv_weights.source}: {key} has shape {tuple(value.shape)}, the Fast R-CNN "
-                                     f"CaffeNet needs {tuple(target.shape)}.")
+                                     f"CaffeNet needs {tuple(target.shape)}"
+                                     + (" (fc6 over the 6 x 6 ROI-pooled conv5)" if layer == "fc6" else "") + ".")
                 target.copy_(value)
     return model
 

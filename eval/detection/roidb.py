@@ -24,7 +24,7 @@ import numpy as np
 from eval.constants import VOC_CLASSES
 from eval.detection.boxes import bbox_targets, box_overlaps, flip_boxes
 from eval.detection.config import FastRCNNConfig
-from eval.voc import VOCAnnotation, VOCDataset
+from eval.voc import VOCAnnotation, VOCDataset, normalise_class_name
 
 __all__ = [
     "DETECTION_CLASSES",
@@ -86,7 +86,7 @@ def ground_truth(ann: VOCAnnotation, *, use_difficult: bool = True) -> tuple[np.
     for obj in ann.objects:
         if obj.difficult and not use_difficult:
             continue
-        name = obj.name.lower().strip()  # pascal_voc.py lower-cases and strips the name
+        name = normalise_class_name(obj.name)  # eval.voc normalises at reading; idempotent for built objects
         if name not in index or name == DETECTION_CLASSES[0]:
             raise ValueError(f"annotation of image {ann.image_id!r}: object class {obj.name!r} is not a VOC class "
                              f"({', '.join(VOC_CLASSES)}).")
@@ -209,19 +209,21 @@ def _has_samples(entry: RoidbEntry, cfg: FastRCNNConfig) -> bool:
 
 
 def training_roidb(
-    dataset: VOCDataset, proposals: Mapping[str, np.ndarray], cfg: FastRCNNConfig
+    dataset: VOCDataset, proposals: Mapping[str, np.ndarray], cfg: FastRCNNConfig, *,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[RoidbEntry], BBoxStats]:
     """The training roidb of a VOC split: ground truth + proposals, flipped copies appended, targets normalised.
 
-    Images that would give no foreground and no background ROI (e.g. no objects left once difficult ones are
-    dropped) are left out; fast-rcnn has no such images in VOC2007 trainval with its defaults.
+    `sizes` (image id -> (width, height), e.g. from `eval.detection.validate.check_split`) saves reading the image
+    headers. Images that would give no foreground and no background ROI (e.g. no objects left once difficult ones
+    are dropped) are left out; fast-rcnn has no such images in VOC2007 trainval with its defaults.
     """
     entries = []
     for image_id in dataset.image_ids:
         if image_id not in proposals:
             raise KeyError(f"no proposals for training image {image_id!r}.")
         path = dataset.image_path(image_id)
-        width, height = _image_size(path)
+        width, height = sizes[image_id] if sizes is not None else _image_size(path)
         gt_boxes, gt_classes = ground_truth(dataset.annotation(image_id), use_difficult=cfg.train_use_difficult)
         entry = build_entry(image_id=image_id, image_path=str(path), width=width, height=height,
                             gt_boxes=gt_boxes, gt_classes=gt_classes, proposals=proposals[image_id])
@@ -234,7 +236,8 @@ def training_roidb(
     return add_bbox_regression_targets(entries, cfg)
 
 
-def test_roidb(dataset: VOCDataset, proposals: Mapping[str, np.ndarray]) -> list[RoidbEntry]:
+def test_roidb(dataset: VOCDataset, proposals: Mapping[str, np.ndarray], *,
+               sizes: Mapping[str, tuple[int, int]] | None = None) -> list[RoidbEntry]:
     """Test images with their proposals only.
 
     fast-rcnn also merges the ground-truth boxes into the VOC2007 test roidb, skips them when collecting
@@ -246,7 +249,7 @@ def test_roidb(dataset: VOCDataset, proposals: Mapping[str, np.ndarray]) -> list
         if image_id not in proposals:
             raise KeyError(f"no proposals for test image {image_id!r}.")
         path = dataset.image_path(image_id)
-        width, height = _image_size(path)
+        width, height = sizes[image_id] if sizes is not None else _image_size(path)
         entries.append(build_entry(image_id=image_id, image_path=str(path), width=width, height=height,
                                    gt_boxes=np.zeros((0, 4)), gt_classes=np.zeros(0, dtype=np.int64),
                                    proposals=proposals[image_id]))

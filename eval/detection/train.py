@@ -23,9 +23,11 @@ its kernels are deterministic (cuDNN's are not by default).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from eval.detection.config import FastRCNNConfig
@@ -34,7 +36,7 @@ from eval.detection.roidb import BBoxStats, RoidbEntry
 from eval.detection.sampling import Minibatch, MinibatchPlan, RoiSampler, load_minibatch
 from jigsawpp.engine.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from jigsawpp.engine.distributed import world
-from jigsawpp.engine.loop import PrefetchSource, TrainResult, train_loop
+from jigsawpp.engine.loop import NonFiniteLossError, PrefetchSource, TrainResult, train_loop
 from jigsawpp.engine.solver import CaffeSGD, LRPolicy
 
 __all__ = [
@@ -48,16 +50,27 @@ __all__ = [
 ]
 
 DISPLAY = 20  # iterations between log lines (solver.prototxt ``display: 20``)
+DIVERGENCE_HINT = ("For Fast R-CNN: the annotations were checked before training (boxes inside their image, not "
+                   "inverted), so look at the learning rate (the protocol's base_lr is 0.001; lower it with --set "
+                   "base_lr=...), at --amp, and at the scale of the transferred weights (--rescale applies "
+                   "Kraehenbuehl et al.'s rescaling).")
 KEEP_CHECKPOINTS = 2
 # settings that may change between the launches of one run
 RUNTIME_KEYS = frozenset({"max_iters", "snapshot_iters", "amp"})
 
 
-def roidb_fingerprint(entries: Sequence[RoidbEntry]) -> str:
-    """A hash of what the sampler's state depends on: entry order, image ids, flips and box counts."""
+def roidb_fingerprint(entries: Sequence[RoidbEntry], *, data: Mapping | None = None) -> str:
+    """A hash of the training data: per entry (in order) its image id, flip, size, every box (ground truth and
+    proposals, float64) and class; plus `data`, JSON describing the rest (e.g. the image files' sha256, the proposal
+    settings). An edited annotation, another proposal set or an edited image changes it, so a checkpoint made on
+    other data is refused instead of resumed."""
     digest = hashlib.sha256()
     for e in entries:
-        digest.update(f"{e.image_id}|{int(e.flipped)}|{e.boxes.shape[0]}|{e.num_gt};".encode())
+        digest.update(f"{e.image_id}|{int(e.flipped)}|{e.width}x{e.height}|{e.num_gt};".encode())
+        digest.update(np.ascontiguousarray(e.boxes, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(e.gt_classes, dtype=np.int64).tobytes())
+    if data is not None:
+        digest.update(json.dumps(data, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -118,6 +131,7 @@ def train_detector(
     progress: bool = True,
     stop_after: int | None = None,
     on_log: Callable[[dict], None] | None = None,
+    data: Mapping | None = None,
 ) -> TrainResult:
     """Train `model` in place for ``cfg.max_iters`` SGD steps (resuming from the newest checkpoint in `out_dir`).
 
@@ -126,10 +140,12 @@ def train_detector(
         entries: the training roidb (with targets), `stats` the statistics used to normalise them.
         stop_after: stop after this many steps of *this call* (used to test resuming after an interruption).
         on_log: called with each log record (also appended to ``<out>/train_log.jsonl`` by rank 0).
+        data: what else the training data depends on, hashed into the resume fingerprint (`roidb_fingerprint`).
     Returns:
         `TrainResult`; the final weights are in the last checkpoint and in `model` (normalised bbox_pred).
     Raises:
-        jigsawpp.engine.loop.NonFiniteLossError: the loss diverged (the message says at which iteration).
+        jigsawpp.engine.loop.NonFiniteLossError: the loss diverged (the message says at which iteration and what to
+            check for Fast R-CNN).
         ValueError: the checkpoint in `out_dir` was made with another config, roidb or number of processes.
     """
     device = torch.device(device)
@@ -143,11 +159,15 @@ def train_detector(
                          weight_decay=cfg.weight_decay)
     source = PrefetchSource(RoiBatchSource(entries, cfg, images=range(rank * share, (rank + 1) * share)))
     lr = LRPolicy("step", cfg.base_lr, gamma=cfg.lr_gamma, stepsize=cfg.lr_stepsize)  # solver.prototxt lr_policy
-    return train_loop(
-        model=model, optimizer=optimizer, lr=lr, source=source, loss_fn=_fast_rcnn_losses, out_dir=out_dir,
-        max_iters=cfg.max_iters, snapshot_iters=cfg.snapshot_iters, config=cfg.to_dict(),
-        fingerprint=roidb_fingerprint(entries), device=device,
-        amp="bf16" if cfg.amp and device.type == "cuda" else "off", resume=resume, progress=progress,
-        desc="Fast R-CNN training", display=DISPLAY, stop_after=stop_after, on_log=on_log, seed=cfg.rng_seed,
-        extra_state={"bbox_means": stats.means.tolist(), "bbox_stds": stats.stds.tolist()},
-        runtime_keys=RUNTIME_KEYS, keep=KEEP_CHECKPOINTS)
+    try:
+        return train_loop(
+            model=model, optimizer=optimizer, lr=lr, source=source, loss_fn=_fast_rcnn_losses, out_dir=out_dir,
+            max_iters=cfg.max_iters, snapshot_iters=cfg.snapshot_iters, config=cfg.to_dict(),
+            fingerprint=roidb_fingerprint(entries, data=data), device=device,
+            amp="bf16" if cfg.amp and device.type == "cuda" else "off", resume=resume, progress=progress,
+            desc="Fast R-CNN training", display=DISPLAY, stop_after=stop_after, on_log=on_log, seed=cfg.rng_seed,
+            extra_state={"bbox_means": stats.means.tolist(), "bbox_stds": stats.stds.tolist()},
+            runtime_keys=RUNTIME_KEYS, keep=KEEP_CHECKPOINTS)
+    except NonFiniteLossError as exc:
+        exc.args = (f"{exc} {DIVERGENCE_HINT}",)
+        raise

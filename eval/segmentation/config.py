@@ -27,7 +27,7 @@ class FCNConfig:
     """Every setting of FCN training and testing; defaults are FCN's AlexNet recipe (the Table 3 column)."""
 
     # ---- network ------------------------------------------------------------------------------------------------
-    transfer: Literal["conv", "conv+fc"] = "conv"  # eval.transfer_layers: the paper transfers the conv layers
+    transfer: Literal["conv", "conv+fc"] = "conv"  # jigsawpp.transfer_weights: the paper transfers the conv layers
     rescale: bool = False  # Kraehenbuehl et al.'s data-dependent rescaling of conv1..conv5 first (--rescale)
     init_seed: int = 0  # [ours] seeds the fresh fc6/fc7 gaussian draws
 

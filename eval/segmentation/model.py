@@ -18,7 +18,7 @@ parameters keep Caffe's names and shapes (``fc6.weight`` (4096, 256, 6, 6)): a t
 `caffe_import` or OpenCV with the bundled deploy prototxt (tested), which also checks this module against an
 independent build of the same net. ``--caffe-test`` evaluates a user's Caffe FCN through `caffe_import` instead.
 
-Initialisation (recorded in the stamp): transferred layers from `eval.transfer_layers` (conv1..conv5 by default,
+Initialisation (recorded in the stamp): transferred layers from `jigsawpp.transfer_weights` (conv1..conv5 by default,
 fc6/fc7 on request, reshaped from InnerProduct as FCN's ``surgery.transplant`` does); fresh fc6/fc7 from the fillers
 the self-supervised FCN fine-tuning uses (richzhang/colorization@4617507
 ``feature_learning_tests/segmentation/train_val.prototxt``: gaussian std 0.005, bias 1, as BVLC CaffeNet's fc6/fc7);
@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from caffe_import.fillers import bilinear_kernel
-from eval.transfer_layers import FC_LAYERS, TransferWeights
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
+from jigsawpp.transfer_weights import TRANSFER_FC_LAYERS as FC_LAYERS
+from jigsawpp.transfer_weights import TransferWeights
 
 __all__ = ["FCN_CROP_OFFSET", "FCNAlexNet", "build_fcn", "fcn_param_specs"]
 

@@ -39,7 +39,8 @@ from eval.segmentation.evaluate import SegmentationRun, evaluate_segmenter, load
 from eval.segmentation.labels import VOID_LABEL
 from eval.segmentation.model import FCNAlexNet, build_fcn, fcn_param_specs
 from eval.segmentation.provenance import caffe_test_stamp, segmentation_stamp
-from eval.transfer_layers import CONV_LAYERS, transfer_weights_from_model_dir
+from jigsawpp.transfer_weights import TRANSFER_CONV_LAYERS as CONV_LAYERS
+from jigsawpp.transfer_weights import transfer_weights
 
 __all__ = ["evaluate_caffe_segmenter", "resolve_segmentation_root", "run_segmentation", "segmentation_loss",
            "split_for"]
@@ -124,7 +125,7 @@ def run_segmentation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     sbd = Path(sbd_root) if sbd_root is not None else None
     train = split_for(cfg.train_data, voc, sbd)
     val = split_for(cfg.val_data, voc, sbd)
-    weights = transfer_weights_from_model_dir(model_dir, transfer=cfg.transfer)
+    weights = transfer_weights(model_dir, layers=cfg.transfer)
     model = build_fcn(weights, seed=cfg.init_seed)
     rescaled = _rescale(model, train, cfg, device) if cfg.rescale else None
     optimizer = CaffeSGD(fcn_param_specs(model), momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -12,7 +12,8 @@ from typing import Any
 
 from eval.segmentation.config import FCNConfig
 from eval.segmentation.model import FRESH_FC_BIAS, FRESH_FC_STD
-from eval.transfer_layers import FC_LAYERS, TransferWeights
+from jigsawpp.transfer_weights import TRANSFER_FC_LAYERS as FC_LAYERS
+from jigsawpp.transfer_weights import TransferWeights
 
 __all__ = ["PAPER_SEGMENTATION_PROTOCOL", "PROTOCOL_NAME", "caffe_test_stamp", "segmentation_stamp", "verify_row"]
 
@@ -43,7 +44,7 @@ def segmentation_stamp(cfg: FCNConfig, *, weights: TransferWeights, iterations: 
         "mode": "train+test",
         "train_data": train,
         "val_data": val,
-        "init": {**weights.stamp(), "fresh_layers": fresh, "upscore": "bilinear, frozen"},
+        "init": {**weights.record(), "fresh_layers": fresh, "upscore": "bilinear, frozen"},
         "rescaled": ({"method": "Kraehenbuehl et al. 2016 between-layer (magic_init -cs)", "scales": rescaled}
                      if cfg.rescale else None),
         "iterations": iterations,

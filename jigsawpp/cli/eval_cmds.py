@@ -73,21 +73,28 @@ def _echo_ap(run, out: Path) -> None:
               help="VOCdevkit (or VOCdevkit/VOC2007) folder: trainval for training, test for evaluation.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: detection_<protocol>). Re-running with the same folder resumes.")
-@click.option("--multiscale", is_flag=True, help="Multi-scale training and testing {480..1200}/2000 (the paper's "
-                                                 "MS column; ~4x slower to test).")
-@click.option("--ms-train-ss-test", is_flag=True, help="Multi-scale training, single-scale testing (the variant of "
-                                                       "the colorization papers).")
-@click.option("--protocol", "protocol_name", type=click.Choice(PROTOCOL_CHOICES), default=None,
-              help="A named protocol instead of the two flags; default single_scale.")
+@click.option("--protocol", "protocol_name", default=None,
+              type=click.Choice(("noroozi18-ms", "noroozi18-ss", "fast-rcnn-ss", "ms-train-ss-test",
+                                 "multiscale", "single_scale", "fast_rcnn_default", "ms_train_ss_test")),
+              help="Preset [default noroozi18-ms: the paper's multi-scale train and test (480..1200, max 2000), 150K "
+                   "iterations, lr 0.001 / 10 every 50K]. noroozi18-ss: the same at 600/1000; fast-rcnn-ss: "
+                   "fast-rcnn's own 600/1000, 40K, step 30K; ms-train-ss-test: the colorization papers' variant. "
+                   "The options below override single settings; the stamp records the preset and every override.")
+@click.option("--multiscale", is_flag=True, hidden=True, help="Old name of --protocol noroozi18-ms.")
+@click.option("--ms-train-ss-test", is_flag=True, hidden=True, help="Old name of --protocol ms-train-ss-test.")
 @click.option("--iters", type=int, default=None, help="SGD iterations [paper: 150000; lr / 10 every 50000].")
 @click.option("--train-conv1", is_flag=True, help="Also train conv1 (Fast R-CNN freezes it: lr_mult 0). Recorded.")
 @click.option("--rescale", is_flag=True, help="Kraehenbuehl et al.'s rescaling of conv1..conv5 before training.")
-@click.option("--proposals", type=click.Choice(("opencv_fast", "opencv_quality", "selective_search_mat")),
-              default=None, help="Proposal source [paper: selective_search_mat; default opencv_fast].")
+@click.option("--transfer", type=click.Choice(("conv", "conv+fc")), default=None,
+              help="Layers taken from --model [paper: conv, fc6/fc7 initialised fresh]; conv+fc also takes fc6/fc7 "
+                   "when the model has them. Recorded.")
+@click.option("--proposals", type=click.Choice(("rcnn_fast", "opencv_fast", "opencv_quality", "selective_search_mat")),
+              default=None, help="Proposal source [paper: selective_search_mat, the released boxes (--ss-mat); "
+                                 "default without them: rcnn_fast, R-CNN's selective search computed here].")
 @click.option("--ss-mat", "mat_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with fast-rcnn's voc_2007_{trainval,test}.mat (implies --proposals selective_search_mat).")
 @click.option("--proposal-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where computed proposals are cached (default ~/.cache/jigsawpp/proposals/VOC2007).")
+              help="Where computed proposals are cached, keyed by image content (default ~/.cache/jigsawpp/proposals).")
 @click.option("--workers", type=int, default=None, help="Processes for selective search (default: all cores).")
 @click.option("--device", default=None, help="torch device (default: cuda if available). Several GPUs: torchrun.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast on CUDA (faster, changes results slightly; recorded).")
@@ -102,19 +109,19 @@ def _echo_ap(run, out: Path) -> None:
 @click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --caffe-test: the trained Fast R-CNN weights.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def detection(model_dir, voc, out_dir, multiscale, ms_train_ss_test, protocol_name, iters, train_conv1, rescale,
-              proposals, mat_dir, proposal_cache, workers, device, amp, sets, no_resume, overwrite, caffe_prototxt,
+def detection(model_dir, voc, out_dir, protocol_name, multiscale, ms_train_ss_test, iters, train_conv1, rescale,
+              transfer, proposals, mat_dir, proposal_cache, workers, device, amp, sets, no_resume, overwrite,
+              caffe_prototxt,
               caffemodel, quiet) -> None:
     """Fast R-CNN on VOC2007 as the paper ran it: fine-tune from --model's conv layers on trainval, test on test;
     writes per-class AP, mAP, PR curves, sample detections and devkit results files with a provenance stamp."""
-    from eval.detection.config import protocol
+    from eval.detection.config import DEFAULT_PROTOCOL, canonical_protocol, protocol
 
-    chosen = [n for n, on in (("multiscale", multiscale), ("ms_train_ss_test", ms_train_ss_test)) if on]
-    if protocol_name:
-        chosen.append(protocol_name)
-    if len(set(chosen)) > 1:
-        raise click.UsageError(f"choose one protocol, got {chosen}.")
-    name = chosen[0] if chosen else "single_scale"
+    chosen = {canonical_protocol(n) for n, on in (("multiscale", multiscale), ("ms_train_ss_test", ms_train_ss_test),
+                                                  (protocol_name, protocol_name is not None)) if on}
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one protocol, got {sorted(chosen)}.")
+    name = chosen.pop() if chosen else DEFAULT_PROTOCOL
     overrides = _parse_sets(sets)
     if iters is not None:
         overrides["max_iters"] = iters
@@ -124,6 +131,8 @@ def detection(model_dir, voc, out_dir, multiscale, ms_train_ss_test, protocol_na
         overrides["rescale"] = True
     if amp:
         overrides["amp"] = True
+    if transfer is not None:
+        overrides["transfer"] = transfer
     if mat_dir is not None:
         overrides["proposals"] = "selective_search_mat"
     if proposals is not None:

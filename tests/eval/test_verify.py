@@ -130,8 +130,8 @@ def test_classification_and_segmentation_stamps_name_their_model(tmp_path, model
     classification or segmentation result of another model as it does a detection result."""
     import torch
 
-    from eval.transfer_layers import transfer_weights_from_model_dir
     from jigsawpp.io import save_state_dict_file
+    from jigsawpp.transfer_weights import transfer_weights
 
     other = tmp_path / "other"
     other.mkdir()
@@ -141,11 +141,11 @@ def test_classification_and_segmentation_stamps_name_their_model(tmp_path, model
     state = {f"{k}.{b}": torch.zeros(s if b == "weight" else s[:1]) for k, s in shapes.items() for b in ("weight",
                                                                                                          "bias")}
     save_state_dict_file(state, other / "model.safetensors")
-    weights = transfer_weights_from_model_dir(other)
-    assert weights.stamp()["model"] == model_record(other)
+    weights = transfer_weights(other)
+    assert weights.record()["model"] == model_record(other)
     for kind, key in (("voc07_classification", "map_sklearn"), ("fcn_segmentation", "mean_iu")):
         path = tmp_path / f"{kind}.json"
         path.write_text(json.dumps({key: 0.5, "provenance": {"split": "test", "protocol": {
-            "protocol": kind, "init": weights.stamp()}}}))
+            "protocol": kind, "init": weights.record()}}}))
         with pytest.raises(VerifyError, match="computed from the model in 'other'"):
             verify(model, [path])

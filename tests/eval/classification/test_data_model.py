@@ -9,7 +9,7 @@ import torch
 
 from eval.classification.data import AffineDraw, ClassificationSource, draw_affine, warp_crop
 from eval.classification.model import VARIANTS, VOCClassifier, build_classifier
-from eval.transfer_layers import transfer_weights_from_model_dir
+from jigsawpp.transfer_weights import transfer_weights
 
 MEAN = (104.0, 117.0, 123.0)
 
@@ -103,7 +103,7 @@ def test_source_order_cycles_and_resumes(cls_sample):
 
 
 def test_variants_and_initialisation(conv_model_dir):
-    weights = transfer_weights_from_model_dir(conv_model_dir)
+    weights = transfer_weights(conv_model_dir)
     model = build_classifier(weights, VARIANTS["all"], seed=0).eval()
     for key, value in weights.tensors.items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -124,14 +124,14 @@ def test_fc6_fc7_transfer_on_request(conv_model_dir, tmp_path):
     state["fc6.weight"], state["fc6.bias"] = torch.randn(4096, 9216), torch.randn(4096)
     state["fc7.weight"], state["fc7.bias"] = torch.randn(4096, 4096), torch.randn(4096)
     save_state_dict_file(state, tmp_path / "model.safetensors")
-    weights = transfer_weights_from_model_dir(tmp_path, transfer="conv+fc")
+    weights = transfer_weights(tmp_path, transfer="conv+fc")
     assert weights.layers[-2:] == ("fc6", "fc7")
     model = build_classifier(weights, VARIANTS["fc8"])
     assert torch.equal(model.fc6.weight, state["fc6.weight"]) and torch.equal(model.fc7.bias, state["fc7.bias"])
     with pytest.raises(KeyError, match="fc6.weight.*no fully connected layers"):
-        transfer_weights_from_model_dir(conv_model_dir, transfer="conv+fc")
+        transfer_weights(conv_model_dir, transfer="conv+fc")
     with pytest.raises(ValueError, match="transfer is 'fc'"):
-        transfer_weights_from_model_dir(conv_model_dir, transfer="fc")
+        transfer_weights(conv_model_dir, transfer="fc")
     assert isinstance(VOCClassifier(), torch.nn.Module)
 
 
@@ -161,7 +161,7 @@ def test_sigmoid_loss_equals_philkrs_layer():
 def test_multipliers_follow_train_cls(conv_model_dir):
     from eval.classification.model import classifier_param_specs
 
-    weights = transfer_weights_from_model_dir(conv_model_dir)
+    weights = transfer_weights(conv_model_dir)
     model = build_classifier(weights, VARIANTS["fc678"])
     specs = {s.name: (s.lr_mult, s.decay_mult) for s in classifier_param_specs(model, VARIANTS["fc678"])}
     assert specs["conv5.weight"] == (0.0, 0.0) and specs["conv1.bias"] == (0.0, 0.0)

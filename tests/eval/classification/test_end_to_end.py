@@ -23,10 +23,10 @@ def runs(cls_sample, conv_model_dir, tmp_path_factory):
     # the untrained net as the pipeline builds it, tested without a training run's files
     from eval.classification.model import VARIANTS, build_classifier
     from eval.classification.pipeline import evaluate_classifier
-    from eval.transfer_layers import transfer_weights_from_model_dir
+    from jigsawpp.transfer_weights import transfer_weights
 
     cfg = VOCClassificationConfig(**FAST)
-    model = build_classifier(transfer_weights_from_model_dir(conv_model_dir), VARIANTS[cfg.variant],
+    model = build_classifier(transfer_weights(conv_model_dir), VARIANTS[cfg.variant],
                              seed=cfg.init_seed)
     untrained = evaluate_classifier(model, cls_sample.root, base / "untrained", cfg, stamp={"key": "untrained"},
                                     progress=False)

@@ -5,8 +5,12 @@ proposals, then tested on the same photos. The mAP on those training images must
 detector's. It shows that sampling, targets, loss, solver, inference and scoring fit together; it says nothing
 about generalisation.
 
-Scaled down for two CPU cores: shorter side 192 (max 320), 32 ROIs per mini-batch; everything else is the paper
-protocol's (lr 0.001, momentum 0.9, conv1 frozen, flips, 25 % foreground, NMS 0.3).
+Scaled down for two CPU cores: one scale, shorter side 192 (max 320), 32 ROIs per mini-batch, 200 iterations;
+everything else is the paper protocol's defaults (lr 0.001, momentum 0.9, conv1 frozen, flips, 25 % foreground,
+empirical target normalisation, R-CNN's selective search, conv layers only, NMS 0.3).
+
+Measured here (torch 2.14 CPU, deterministic): mAP 0.003 untrained -> 0.380 after 200 iterations on the four photos.
+The test asks for 0.33 after training (0.05 below the measurement, for other BLAS builds) and a gain of 0.3.
 """
 
 from __future__ import annotations
@@ -22,28 +26,34 @@ from eval.detection.pipeline import run_detection
 from jigsawpp.cli import main
 
 ITERATIONS = 200
-MARGIN = 0.3  # absolute mAP gain demanded of training
+MIN_MAP_AFTER = 0.33  # measured 0.380 (module docstring)
+MIN_GAIN = 0.3  # absolute mAP gain demanded of training
 
 
 @pytest.mark.slow
 def test_training_fits_real_photos(sample_voc, conv_model_dir, tmp_path, record_property):
-    cfg = protocol("single_scale", train_scales=(192,), train_max_size=320, test_scales=(192,), test_max_size=320,
+    cfg = protocol("noroozi18-ss", train_scales=(192,), train_max_size=320, test_scales=(192,), test_max_size=320,
                    rois_per_batch=32, max_iters=ITERATIONS, lr_stepsize=10**6, snapshot_iters=ITERATIONS)
-    common = dict(cache_dir=tmp_path / "proposals", workers=2, progress=False, num_images_to_draw=2)
+    common = dict(cache_dir=tmp_path / "proposals", workers=2, progress=False, num_images_to_draw=2,
+                  protocol_name="noroozi18-ss")
     before = run_detection(conv_model_dir, sample_voc.root, tmp_path / "before", cfg.replace(max_iters=0), **common)
     after = run_detection(conv_model_dir, sample_voc.root, tmp_path / "after", cfg, **common)
     record_property("map_before", before.ap.map_11point)
     record_property("map_after", after.ap.map_11point)
     print(f"\nimages {list(sample_voc.image_ids)}: mAP (VOC07 11-point) untrained {before.ap.map_11point:.3f} -> "
           f"after {ITERATIONS} iterations {after.ap.map_11point:.3f}")
-    assert after.ap.map_11point >= before.ap.map_11point + MARGIN
+    if len(sample_voc.image_ids) == 4:  # the measured figure is for the four photos (labelme-examples installed)
+        assert after.ap.map_11point >= MIN_MAP_AFTER
+    assert after.ap.map_11point >= before.ap.map_11point + MIN_GAIN
 
     # what the run leaves behind, each result carrying its protocol
     assert after.train.iterations == ITERATIONS
     scores = json.loads(after.scores_path.read_text())
     stamp = scores["provenance"]["fast_rcnn"]
     assert stamp["iterations"] == ITERATIONS and stamp["frozen_layers"] == ["conv1"]
-    assert stamp["proposals"]["method"] == "opencv_fast" and stamp["test_scales"] == "192/320"
+    assert stamp["proposals"]["method"] == "rcnn_fast" and stamp["test_scales"] == "192/320"
+    assert stamp["bbox_normalization"] == "empirical" and stamp["fc6_fc7"].startswith("initialised fresh")
+    assert stamp["model"]["manifest_sha256"] and stamp["data"]["test"]["images"] == len(sample_voc.image_ids)
     assert (after.results_dir / "provenance.json").is_file() and after.pr_curves.is_file()
     assert len(after.images) == min(2, len(sample_voc.image_ids)) and all(p.is_file() for p in after.images)
     assert (after.out_dir / "detector.caffemodel").is_file() and (after.out_dir / "detector.safetensors").is_file()
@@ -59,7 +69,8 @@ def test_training_fits_real_photos(sample_voc, conv_model_dir, tmp_path, record_
     res = runner.invoke(main, ["verify", "--model", str(conv_model_dir), "--results", str(after.out_dir),
                                "--method", "CC+Jigsaw++"])
     assert res.exit_code == 0, res.output
-    assert "detection_ss" in res.output and "55.0" in res.output and "200 iterations (paper: 150000)" in res.output
+    assert "detection_ss" in res.output and "55.0" in res.output
+    assert f"max_iters {ITERATIONS} (preset noroozi18-ss: 150000; paper: 150000)" in res.output
     assert "differs:" in res.output
 
     # the trained detector written as a caffemodel, evaluated through --caffe-test with the bundled Fast R-CNN

