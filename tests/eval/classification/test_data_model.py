@@ -124,14 +124,14 @@ def test_fc6_fc7_transfer_on_request(conv_model_dir, tmp_path):
     state["fc6.weight"], state["fc6.bias"] = torch.randn(4096, 9216), torch.randn(4096)
     state["fc7.weight"], state["fc7.bias"] = torch.randn(4096, 4096), torch.randn(4096)
     save_state_dict_file(state, tmp_path / "model.safetensors")
-    weights = transfer_weights(tmp_path, transfer="conv+fc")
+    weights = transfer_weights(tmp_path, layers="conv+fc")
     assert weights.layers[-2:] == ("fc6", "fc7")
     model = build_classifier(weights, VARIANTS["fc8"])
     assert torch.equal(model.fc6.weight, state["fc6.weight"]) and torch.equal(model.fc7.bias, state["fc7.bias"])
     with pytest.raises(KeyError, match="fc6.weight.*no fully connected layers"):
-        transfer_weights(conv_model_dir, transfer="conv+fc")
-    with pytest.raises(ValueError, match="transfer is 'fc'"):
-        transfer_weights(conv_model_dir, transfer="fc")
+        transfer_weights(conv_model_dir, layers="conv+fc")
+    with pytest.raises(ValueError, match="transfer layers 'fc': choose 'conv'"):
+        transfer_weights(conv_model_dir, layers="fc")
     assert isinstance(VOCClassifier(), torch.nn.Module)
 
 

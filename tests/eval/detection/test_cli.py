@@ -106,4 +106,8 @@ def test_verify_places_a_result_in_its_table3_cell(tmp_path):
     ms = next(line for line in lines if "detection_ms" in line)
     assert "55.1" in ms and "55.8" in ms and "-0.7" in ms and "fc6/fc7 fresh" in ms
     assert "max_iters 200 (preset noroozi18-ss: 150000; paper: 150000)" in res.output
-    assert res.output.count("differs:") == 3 and "no provenance stamp" in res.output
+    differs = [line.split("differs: ", 1)[1] for line in lines if "differs: " in line]
+    # the ss result: its two settings and the computed proposals; the bare one: no stamp, no model, no test set
+    assert len(differs) == 5 and "no provenance stamp: protocol unknown" in differs, res.output
+    assert sum("cannot be checked against --model" in d for d in differs) == 1
+    assert sum("not comparable to the paper" in d for d in differs) == 1

@@ -172,7 +172,7 @@ def test_conv_weights_from_a_converted_release(tmp_path):
     reference = from_release(tmp_path / "release").state_dict()
     for key, value in conv.tensors.items():
         assert torch.equal(value, reference[key]), key
-    assert conv.sha256 and "release" in conv.source
+    assert conv.weights_sha256 and "release" in conv.source
     build_detector(conv)  # shapes fit the Fast R-CNN CaffeNet
 
 
