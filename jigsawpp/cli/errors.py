@@ -44,7 +44,7 @@ _OUR_ROOTS = tuple(str(Path(__file__).resolve().parents[2] / name) + os.sep for 
 _OS_ADVICE = {
     errno.EACCES: "check the permissions of that path, or choose another location",
     errno.EPERM: "check the permissions of that path, or choose another location",
-    errno.EROFS: "the file system is read-only; choose another location",
+    errno.EROFS: "choose another location",
     errno.ENOSPC: "the disk is full; free some space or choose another location",
     errno.EDQUOT: "the disk quota is exceeded; free some space or choose another location",
     errno.ENOENT: "check the path",
@@ -70,12 +70,26 @@ def _is_sentence(exc: KeyError) -> bool:
     return len(exc.args) == 1 and isinstance(exc.args[0], str) and " " in exc.args[0].strip()
 
 
+# The staging names of atomic writes (jigsawpp.io.atomic_path: ``.NAME.<pid>.<hex>.tmp``; jigsawpp.outputs:
+# ``.NAME.partial-<pid>``): a failure to create one is reported under the name the user asked for.
+_STAGING_NAME = re.compile(r"^\.(?P<name>.+?)(?:\.\d+\.[0-9a-f]+\.tmp|\.partial-\d+)$")
+
+
+def _user_path(filename: object) -> object:
+    """`filename` with a staging name of our atomic writes replaced by the output it stands for."""
+    if not isinstance(filename, (str, os.PathLike)):
+        return filename
+    path = Path(os.fspath(filename))
+    match = _STAGING_NAME.match(path.name)
+    return str(path.with_name(match.group("name"))) if match else filename
+
+
 def _os_message(exc: OSError) -> str:
     if exc.errno is None or not exc.strerror:
         return str(exc)  # our own OSError("could not write ...") is a sentence already
-    where = exc.filename if exc.filename is not None else None
-    if where is not None and exc.filename2 is not None:
-        where = f"{exc.filename} -> {exc.filename2}"
+    where = _user_path(exc.filename) if exc.filename is not None else None
+    if where is not None and exc.filename2 is not None and _user_path(exc.filename2) != where:
+        where = f"{where} -> {_user_path(exc.filename2)}"
     advice = _OS_ADVICE.get(exc.errno)
     if exc.errno == errno.EEXIST and exc.filename is not None and Path(exc.filename).is_file():
         advice = "it is a file, where a folder is needed; choose another location"

@@ -351,3 +351,19 @@ def test_library_keywords_are_spelled_as_the_running_command_s_flags():
     assert user_message(PermissionError(errno.EACCES, "Permission denied", "/r/o")) == (
         "/r/o: permission denied; check the permissions of that path, or choose another location.")
     assert "not_a_flag=True" in user_message(ValueError("pass not_a_flag=True"), convert)
+
+
+def test_a_failed_atomic_write_names_the_output_not_its_staging_file():
+    from jigsawpp.cli.errors import user_message
+
+    def erofs(name: str, name2: str | None = None) -> OSError:
+        return OSError(errno.EROFS, "Read-only file system", name, None, name2)
+
+    assert user_message(erofs("/r/o/.scores.json.6952.2cd57ab5.tmp")) == (
+        "/r/o/scores.json: read-only file system; choose another location.")
+    assert user_message(erofs("/r/o/.m.onnx.partial-7268")) == "/r/o/m.onnx: read-only file system; choose another " \
+                                                                "location."
+    assert user_message(erofs("/r/o/.x.tmp", "/r/o/x")) == "/r/o/.x.tmp -> /r/o/x: read-only file system; choose " \
+                                                           "another location."  # not a staging name of ours
+    assert user_message(erofs("/r/o/.a.b.12.ff.tmp", "/r/o/a.b")) == (
+        "/r/o/a.b: read-only file system; choose another location.")
