@@ -67,14 +67,23 @@ class StepProgress:
 
 
 def parse_device(value: str | None, *, flag: str = "--device"):
-    """`value` as a torch.device (None stays None); a string torch does not accept is a usage error naming `flag`."""
+    """`value` as a torch.device (None stays None); a string torch does not accept, or a CUDA device this machine does
+    not have, is a usage error naming `flag`."""
     if value is None:
         return None
     import click
     import torch
 
     try:
-        return torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, ValueError) as exc:
         raise click.BadParameter(f"{value!r} is not a torch device ({' '.join(str(exc).split())}); use e.g. cpu, "
                                  "cuda or cuda:1.", param_hint=flag) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r}: CUDA is not available on this machine; use --device cpu.",
+                                     param_hint=flag)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                     f"numbered from 0.", param_hint=flag)
+    return device

@@ -367,3 +367,18 @@ def test_a_failed_atomic_write_names_the_output_not_its_staging_file():
                                                            "another location."  # not a staging name of ours
     assert user_message(erofs("/r/o/.a.b.12.ff.tmp", "/r/o/a.b")) == (
         "/r/o/a.b: read-only file system; choose another location.")
+
+
+@pytest.mark.parametrize("argv", [[*DETECTION, "--out", "{tmp}/out"], ["demo", "--out", "{tmp}/demo"],
+                                  [*REPRODUCE, "--out", "{tmp}/run"]], ids=["detection", "demo", "reproduce"])
+def test_cuda_on_a_machine_without_it_is_one_error_line(argv, monkeypatch, workspace, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = [a.format(ws=workspace, tmp=tmp_path) for a in argv]
+    before = _tree(workspace, tmp_path)
+    result = CliRunner().invoke(main, [*args, "--device", "cuda"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code != 0, (result.exception, result.output)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "CUDA is not available" in errors[0], result.output
+    assert _tree(workspace, tmp_path) == before
