@@ -14,9 +14,10 @@ from typing import Any
 from eval.detection.config import PAPER_PROTOCOLS, PROTOCOL_ALIASES, FastRCNNConfig, preset_overrides, protocol
 from eval.detection.model import CONV_LAYERS, HEAD_LAYERS
 
-__all__ = ["STAMP_VERSION", "comparable", "deviations", "protocol_key", "provenance_stamp"]
+__all__ = ["PROTOCOL", "STAMP_VERSION", "comparable", "deviations", "protocol_key", "provenance_stamp"]
 
 STAMP_VERSION = 2
+PROTOCOL = "Fast R-CNN (rbgirshick/fast-rcnn@b612190), CaffeNet, PASCAL VOC"  # the stamp's "protocol": what ran
 # settings that do not change the number (how often checkpoints are written)
 _NEUTRAL_KEYS = frozenset({"snapshot_iters"})
 
@@ -59,7 +60,7 @@ def provenance_stamp(
     stamp = {
         "stamp_version": STAMP_VERSION,
         "tool": f"jigsawpp {__version__}",
-        "protocol": "Fast R-CNN (rbgirshick/fast-rcnn@b612190), CaffeNet, PASCAL VOC",
+        "protocol": PROTOCOL,
         "protocol_name": name,
         "overrides": preset_overrides(cfg, name) if name else None,
         "model": model,

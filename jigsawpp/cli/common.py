@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OVERWRITE_HELP", "StepProgress", "parse_device", "tidy_on_failure"]
+__all__ = ["OVERWRITE_HELP", "RUN_CONFIG", "StepProgress", "parse_device", "recorded_protocol",
+           "refuse_foreign_output", "tidy_on_failure"]
 
 OVERWRITE_HELP = "Replace an existing non-empty output (without this flag it is refused before any work starts)."
 
@@ -45,6 +47,43 @@ def tidy_on_failure(*paths: str | os.PathLike[str]) -> Iterator[None]:
             if folder.is_dir() and not folder.is_symlink() and _holds_no_file(folder):
                 shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+RUN_CONFIG = "config.json"  # written by each evaluation at the start of its run: {"config": ..., "provenance": ...}
+
+
+def recorded_protocol(out: Path) -> str | None:
+    """The ``provenance.protocol`` that an evaluation recorded in ``out/config.json`` (None when there is none)."""
+    try:
+        data = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    provenance = data.get("provenance") if isinstance(data, dict) else None
+    protocol = provenance.get("protocol") if isinstance(provenance, dict) else None
+    return protocol if isinstance(protocol, str) else None
+
+
+def refuse_foreign_output(out: Path, *, command: str, protocol: str, overwrite: bool) -> None:
+    """Refuse, before any work, a non-empty `out` that is not an earlier run of `command` (whose config.json records
+    `protocol`): a resumable command writes into its own earlier folder only, never into a dataset or another
+    command's results, unless ``--overwrite`` empties it.
+
+    Raises:
+        jigsawpp.outputs.OutputDirError: `out` is such a folder and `overwrite` is False.
+    """
+    from jigsawpp.outputs import OutputDirError
+
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    found = recorded_protocol(out)
+    if found == protocol:
+        return
+    if not (out / RUN_CONFIG).is_file():
+        why = f"no {RUN_CONFIG}"
+    else:
+        why = f"its {RUN_CONFIG} is from {found!r}" if found else f"its {RUN_CONFIG} is not an evaluation's"
+    raise OutputDirError(f"--out: {out} is not empty and is not an `{command}` output folder ({why}); choose another "
+                         "folder or pass --overwrite to replace its content.")
 
 
 class StepProgress:

@@ -167,17 +167,14 @@ def detection(model_dir, voc, out_dir, protocol_name, multiscale, ms_train_ss_te
         _echo_ap(run, out)
 
 
-RUN_MARKER = "config.json"  # every `eval detection` output folder has it from the start of its run
-
-
 def _prepare_detection_out(out: Path, *, overwrite: bool) -> None:
     """The output-folder policy for a resumable command: new, empty, an earlier run of this command (resumed), or
     anything with --overwrite; a folder that is none of these is refused before any work."""
-    from jigsawpp.outputs import OutputDirError, prepare_output_dir
+    from eval.detection.provenance import PROTOCOL
+    from jigsawpp.cli.common import refuse_foreign_output
+    from jigsawpp.outputs import prepare_output_dir
 
-    if out.is_dir() and any(out.iterdir()) and not overwrite and not (out / RUN_MARKER).is_file():
-        raise OutputDirError(f"--out: {out} is not empty and is not an `eval detection` output folder (no "
-                             f"{RUN_MARKER}); choose another folder or pass --overwrite to replace its content.")
+    refuse_foreign_output(out, command="eval detection", protocol=PROTOCOL, overwrite=overwrite)
     prepare_output_dir(out, overwrite=overwrite, resume=True, what="--out")
 
 

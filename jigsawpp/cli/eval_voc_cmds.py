@@ -29,13 +29,18 @@ def _runtime(device: str | None):
         raise click.UsageError(str(exc)) from None
 
 
-def _prepare(out: Path, *, overwrite: bool, resume: bool, what: str) -> None:
+def _prepare(out: Path, *, overwrite: bool, what: str, command: str | None = None, protocol: str | None = None) -> None:
+    """A training command (`command`, whose config.json records `protocol`) continues its own earlier folder and
+    refuses any other non-empty one; without them (a test-only run) any non-empty folder needs --overwrite."""
+    from jigsawpp.cli.common import refuse_foreign_output
     from jigsawpp.engine.distributed import is_main
     from jigsawpp.outputs import OutputDirError, prepare_output_dir
 
     if is_main():
         try:
-            prepare_output_dir(out, overwrite=overwrite, what=what, resume=resume)
+            if command is not None and protocol is not None:
+                refuse_foreign_output(out, command=command, protocol=protocol, overwrite=overwrite)
+            prepare_output_dir(out, overwrite=overwrite, what=what, resume=protocol is not None)
         except OutputDirError as exc:
             raise _fail(exc) from None
 
@@ -119,7 +124,10 @@ def classification(model_dir, voc, out_dir, variant, iters, transfer, rescale, d
         raise click.UsageError(_message(exc)) from None
     out = out_dir or Path(f"voc07_classification_{cfg.variant}")
     dev = _runtime(device)
-    _prepare(out, overwrite=overwrite, resume=not no_resume, what="classification output")
+    from eval.classification.provenance import PROTOCOL_NAME
+
+    _prepare(out, overwrite=overwrite, what="classification output", command="eval classification",
+             protocol=PROTOCOL_NAME)
     from eval.classification.pipeline import run_classification
 
     try:
@@ -183,7 +191,7 @@ def segmentation(model_dir, voc, sbd, out_dir, protocol_name, train_data, val_da
         if caffe_prototxt is not None:
             if caffemodel is None or split is None or voc is None:
                 raise click.UsageError("--caffe-test needs --caffemodel, --voc and --split.")
-            _prepare(out, overwrite=overwrite, resume=False, what="segmentation output")
+            _prepare(out, overwrite=overwrite, what="segmentation output")
             voc_root = resolve_segmentation_root(voc)
             which = "seg11valid" if split == "seg11valid" else f"voc_{split}"
             run = evaluate_caffe_segmenter(caffe_prototxt, caffemodel, out, split=split_for(which, voc_root, sbd),
@@ -192,7 +200,10 @@ def segmentation(model_dir, voc, sbd, out_dir, protocol_name, train_data, val_da
         else:
             if model_dir is None:
                 raise click.UsageError("--model is required (or --caffe-test with --caffemodel).")
-            _prepare(out, overwrite=overwrite, resume=not no_resume, what="segmentation output")
+            from eval.segmentation.provenance import PROTOCOL_NAME
+
+            _prepare(out, overwrite=overwrite, what="segmentation output", command="eval segmentation",
+                     protocol=PROTOCOL_NAME)
             run = run_segmentation(model_dir, out, cfg, voc_root=voc, sbd_root=sbd, device=dev,
                                    resume=not no_resume, progress=not quiet)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:

@@ -99,6 +99,8 @@ CASES = [
                                        "--out", "{tmp}/out"], "manifest"),
     ("detection-out-under-file", [*DETECTION, "--out", "{ws}/a_file/out"], "which is a file"),
     ("detection-out-foreign-folder", [*DETECTION, "--out", "{ws}/taken"], "not an `eval detection` output folder"),
+    ("detection-out-classification-run", [*DETECTION, "--out", "{ws}/cls_run"],
+     "its config.json is from 'voc07_classification'"),
     ("detection-out-read-only", [*DETECTION, "--out", "{ro}/out"], "permission denied"),
     ("detection-unknown-setting", [*DETECTION, "--set", "max_iter=5", "--out", "{tmp}/out"], "max_iters"),
     ("detection-bad-device", [*DETECTION, "--device", "cuda:x", "--out", "{tmp}/out"], "is not a torch device"),
@@ -107,6 +109,12 @@ CASES = [
                                          "--out", "{tmp}/new/out", "--quiet"], "taken"),
     ("classification-out-under-file", [*CLASSIFICATION, "--out", "{ws}/a_file/out"], "which is a file"),
     ("classification-out-read-only", [*CLASSIFICATION, "--out", "{ro}/out"], "permission denied"),
+    ("classification-out-foreign-folder", [*CLASSIFICATION, "--out", "{ws}/taken"],
+     "not an `eval classification` output folder (no config.json)"),
+    ("classification-out-detection-run", [*CLASSIFICATION, "--out", "{ws}/det_run"],
+     "not an `eval classification` output folder (its config.json is from 'Fast R-CNN"),
+    ("segmentation-out-foreign-folder", [*SEGMENTATION, "--out", "{ws}/voc"], "not an `eval segmentation` output"),
+    ("segmentation-out-classification-run", [*SEGMENTATION, "--out", "{ws}/cls_run"], "not an `eval segmentation`"),
     ("classification-unknown-setting", [*CLASSIFICATION, "--set", "max_iter=5", "--out", "{tmp}/out"], "max_iter"),
     ("segmentation-out-under-file", [*SEGMENTATION, "--out", "{ws}/a_file/out"], "which is a file"),
     ("segmentation-out-read-only", [*SEGMENTATION, "--out", "{ro}/out"], "permission denied"),
@@ -215,6 +223,10 @@ def workspace(tmp_path_factory, conv_caffemodel):
     (ws / "a_file").write_text("a file where a folder is expected\n")
     (ws / "taken").mkdir()
     (ws / "taken" / "keep.txt").write_text("the user's file\n")
+    for run, protocol in (("cls_run", "voc07_classification"), ("det_run", "Fast R-CNN (rbgirshick/fast-rcnn@b612190), "
+                                                                          "CaffeNet, PASCAL VOC")):
+        (ws / run).mkdir()
+        (ws / run / "config.json").write_text(json.dumps({"config": {}, "provenance": {"protocol": protocol}}))
     convert_caffe(ws / "small.prototxt", ws / "small.caffemodel", ws / "converted")
     make_release_zip(ws / "release.zip", "conv", layout="flat", caffemodel=conv_caffemodel, n_labels=30)
     zipped = (ws / "release.zip").read_bytes()
@@ -382,3 +394,21 @@ def test_cuda_on_a_machine_without_it_is_one_error_line(argv, monkeypatch, works
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "CUDA is not available" in errors[0], result.output
     assert _tree(workspace, tmp_path) == before
+
+
+def test_a_training_command_continues_its_own_folder_only(tmp_path):
+    from jigsawpp.cli.common import refuse_foreign_output
+    from jigsawpp.outputs import OutputDirError
+
+    run = tmp_path / "run"
+    refuse_foreign_output(run, command="eval x", protocol="x", overwrite=False)  # new: fine
+    run.mkdir()
+    refuse_foreign_output(run, command="eval x", protocol="x", overwrite=False)  # empty: fine
+    (run / "config.json").write_text(json.dumps({"config": {}, "provenance": {"protocol": "x"}}))
+    refuse_foreign_output(run, command="eval x", protocol="x", overwrite=False)  # its own run: resumed
+    with pytest.raises(OutputDirError, match="its config.json is from 'x'"):
+        refuse_foreign_output(run, command="eval y", protocol="y", overwrite=False)
+    refuse_foreign_output(run, command="eval y", protocol="y", overwrite=True)
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(OutputDirError, match="is not an evaluation's"):
+        refuse_foreign_output(run, command="eval x", protocol="x", overwrite=False)
