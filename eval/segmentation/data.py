@@ -144,7 +144,11 @@ def sbd_split(sbd_root: str | os.PathLike[str], split: str = "train") -> SegSpli
 
 def seg11valid_split(voc_root: str | os.PathLike[str], sbd_root: str | os.PathLike[str] | None) -> SegSplit:
     """FCN's seg11valid: ``ImageSets/Segmentation/seg11valid.txt`` if present, else VOC ``val`` minus SBD ``train``
-    (``voc_root`` should then be VOC2011, whose segmentation val it is defined on)."""
+    (``voc_root`` should then be VOC2011, whose segmentation val it is defined on).
+
+    Raises:
+        FileNotFoundError: neither the list nor `sbd_root`. ValueError: SBD train holds every val image (no test set).
+    """
     root = Path(voc_root)
     listed = root / VOC_SEG_IMAGESETS / "seg11valid.txt"
     if listed.is_file():
@@ -157,6 +161,10 @@ def seg11valid_split(voc_root: str | os.PathLike[str], sbd_root: str | os.PathLi
         val = voc_segmentation_split(root, "val")
         sbd_train = set(sbd_split(sbd_root, "train").image_ids)
         samples = tuple(s for s in val.samples if s.image_id not in sbd_train)
+        if not samples:
+            raise ValueError(f"seg11valid is empty: all {len(val.samples)} images of {root.name} "
+                             "ImageSets/Segmentation/val.txt are in SBD train.txt; pass VOC2011 (whose val it is "
+                             "defined on), or test on VOC val with --val-data voc_val.")
         split = SegSplit(name=f"{root.name} seg11valid", samples=samples, source=dict(val.source))
         how = f"{root.name} ImageSets/Segmentation/val.txt minus SBD train.txt"
     ids = list(split.image_ids)

@@ -106,6 +106,9 @@ def test_seg11valid_from_the_list_or_computed(seg_sample, sbd_sample, tmp_path):
         split = seg11valid_split(voc, sbd_sample)
         assert split.image_ids == (ids[1], ids[3]) and split.source["is_fcn_seg11valid"] is False
         assert split.source["how"].endswith("minus SBD train.txt")
+        sbd_train.write_text("".join(f"{i}\n" for i in ids))  # SBD train holds every val image: no test set
+        with pytest.raises(ValueError, match="seg11valid is empty: all 4 images of VOC2011 .*--val-data voc_val"):
+            seg11valid_split(voc, sbd_sample)
     finally:
         sbd_train.write_text(original)
     with pytest.raises(FileNotFoundError, match="seg11valid.txt.*--sbd"):
