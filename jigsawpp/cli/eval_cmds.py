@@ -16,7 +16,8 @@ PROTOCOL_CHOICES = ("single_scale", "multiscale", "ms_train_ss_test", "fast_rcnn
 
 @click.group("eval")
 def eval_group() -> None:
-    """Re-run the paper's evaluations (Fast R-CNN detection on PASCAL VOC2007)."""
+    """Re-run the paper's evaluations: Fast R-CNN detection, classification and FCN segmentation on PASCAL VOC
+    (Table 3), linear and nonlinear classifiers on frozen layers (Tables 4-6), and scoring of devkit-format results."""
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict:

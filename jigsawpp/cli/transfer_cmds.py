@@ -45,7 +45,7 @@ def _feature_options(fn):
         click.option("--pool-kernel", type=int, default=None, help="Caffe MAX pooling kernel instead of the preset."),
         click.option("--pool-stride", type=int, default=None, help="Caffe MAX pooling stride (with --pool-kernel)."),
         click.option("--crop", type=int, default=None, help="Centre crop [default: the model's input, 227/224]."),
-        click.option("--batch-size", type=int, default=64, show_default=True),
+        click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
         click.option("--workers", type=int, default=4, show_default=True, help="Image decoding processes."),
     ]):
         fn = option(fn)
@@ -136,7 +136,7 @@ def features_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, li
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="HogConfig override, e.g. --set words=1000 --set vocab_images=10000. Unknown keys fail.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Processes computing HOG.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a feature folder made from other inputs or settings.")
 def hog_cmd(data, split, list_file, out, vocabulary_from, sets, workers, overwrite) -> None:
     """The CC+HOG baseline's features: bag of visual words of dense HOG descriptors, one row per image."""
     try:
@@ -166,7 +166,7 @@ def hog_cmd(data, split, list_file, out, vocabulary_from, sets, workers, overwri
               help="Row transform before k-means: none (default), l2, or pca (PCA-whitening + L2, DeepCluster).")
 @click.option("--pca-dim", type=int, default=256, show_default=True, help="With --normalize pca.")
 @click.option("--gpus", type=int, default=-1, show_default=True, help="faiss GPUs: -1 all, 0 none.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace a centroids folder made from other features or settings.")
 def cluster_cmd(features, out, k, niter, seed, max_points_per_centroid, normalize, pca_dim, gpus, overwrite) -> None:
     """k-means (faiss) of every row of a feature folder."""
     try:
@@ -214,8 +214,10 @@ def _train_options(fn):
         click.option("--batch-size", type=int, default=None, help="Images per iteration, all GPUs [256]."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="CCConfig override (JSON values), e.g. --set base_lr=0.01. Unknown keys fail."),
-        click.option("--amp", type=click.Choice(("off", "bf16", "fp16")), default="off", show_default=True),
-        click.option("--workers", type=int, default=8, show_default=True),
+        click.option("--amp", type=click.Choice(("off", "bf16", "fp16")), default="off", show_default=True,
+                     help="Autocast on CUDA (off: Caffe's float32)."),
+        click.option("--workers", type=int, default=8, show_default=True,
+                     help="Image-decoding processes per training process."),
         click.option("--device", default=None, help="torch device (default: cuda if available). Several GPUs: "
                                                     "torchrun."),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming."),
@@ -268,8 +270,9 @@ def train_cmd(labels, data, val_data, out, name, iters, batch_size, sets, amp, w
 @click.argument("model")
 @_model_options
 @_data_options()
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--name", default="regression_alexnet", show_default=True)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Training folder; NAME.zip inside is the release-shaped student. Re-running resumes.")
+@click.option("--name", default="regression_alexnet", show_default=True, help="Release name of the student.")
 @click.option("--grid", type=int, default=None, help="Pooled grid of the targets [5 AlexNet, 4 VGG16 teacher].")
 @_train_options
 def regress_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, list_file, out, name, grid, iters,
@@ -314,7 +317,8 @@ def _conv5(model: str, caffemodel) -> str | None:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: features/, centroids/, labels/, cc/ (cc/NAME.zip), run.json.")
 @click.option("--k", type=int, default=2000, show_default=True, help="Clusters [paper: 2000].")
-@click.option("--normalize", type=click.Choice(("none", "l2", "pca")), default="none", show_default=True)
+@click.option("--normalize", type=click.Choice(("none", "l2", "pca")), default="none", show_default=True,
+              help="Row transform before k-means, as `transfer cluster --normalize`.")
 @click.option("--name", default="cc_alexnet", show_default=True, help="Release name of the result.")
 @click.option("--feature-set", "feature_sets", multiple=True, metavar="KEY=VALUE",
               help="FeatureConfig override (e.g. pool_grid=3, dtype=float32).")

@@ -204,6 +204,22 @@ def test_every_command_is_in_the_table():
     assert not missing, f"add rows for {missing} to CASES"
 
 
+@pytest.mark.parametrize("group", ["eval", "transfer", None])
+def test_every_option_says_what_it_does(group):
+    """`--help` of every command explains each option (a bare ``[default: 8]`` does not)."""
+    root = main.commands[group] if group else main
+    paths = [p for p in _leaf_commands(root) if group or not isinstance(main.commands[p[0]], click.Group)]
+    silent = []
+    for path in paths:
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[union-attr]
+        silent += [f"{' '.join(path)} {max(p.opts, key=len)}" for p in command.params
+                   if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert not silent, f"options without help: {silent}"
+    assert "classification" in main.commands["eval"].help and "segmentation" in main.commands["eval"].help
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, conv_caffemodel):
     from eval.detection.sample_data import make_sample_voc
