@@ -101,11 +101,31 @@ def verify_row(scores_path: Path, data: dict, paper_row: dict | None):
         deviations.append(f"{cfg['amp']} autocast")
     if stamp.get("dataset") not in (None, "VOC2007"):
         deviations.append(f"dataset {stamp['dataset']} (paper: VOC2007)")
+    test_set = _voc2007_test_check(data)
+    if test_set is not None:
+        deviations.insert(0, test_set)
     measured = data.get("map_sklearn")
     return VerifyRow(table="table3", column="classification",
                      measured=None if measured is None else 100.0 * measured,
                      paper=None if paper_row is None else paper_row.get("classification"),
-                     protocol=stamp.get("key", "unknown"), deviations=tuple(deviations), source=str(scores_path))
+                     protocol=stamp.get("key", "unknown"), deviations=tuple(deviations), source=str(scores_path),
+                     comparable=test_set is None)
+
+
+def _voc2007_test_check(data: dict) -> str | None:
+    """None when the scores are on the full VOC2007 test set, else the sentence saying they are not comparable.
+    Every image of the test set is, for each class, a positive, a negative or a difficult one, so any class's three
+    counts (``per_class.<class>.n_pos + n_neg + n_difficult``) add up to the number of test images."""
+    from eval.verify import NOT_COMPARABLE, VOC2007_TEST_IMAGES
+
+    counts = {sum(int(entry.get(k) or 0) for k in ("n_pos", "n_neg", "n_difficult"))
+              for entry in (data.get("per_class") or {}).values() if isinstance(entry, dict)}
+    if len(counts) != 1:
+        return f"the scores do not say which test set they are on (no per-class image counts): {NOT_COMPARABLE}"
+    (n_images,) = counts
+    if n_images != VOC2007_TEST_IMAGES:
+        return f"test set of {n_images:,} images, not the full VOC2007 test ({VOC2007_TEST_IMAGES:,}): {NOT_COMPARABLE}"
+    return None
 
 
 def cls_seg_verify_row(scores_path: Path, paper_row: dict | None):

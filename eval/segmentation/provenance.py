@@ -108,11 +108,21 @@ def verify_row(scores_path: Path, data: dict, paper_row: dict | None):
             deviations.append("Kraehenbuehl rescaling")
         if cfg.get("amp", "off") != "off":
             deviations.append(f"{cfg['amp']} autocast")
+    from eval.segmentation.data import SEG11VALID_COUNT
+    from eval.verify import NOT_COMPARABLE
+
     val = stamp.get("val_data") or {}
+    # Table 3's number is on FCN's seg11valid (736 images, its list's sha256); any other test set is another measure.
+    comparable = val.get("split") == "seg11valid" and val.get("is_fcn_seg11valid") is True
     if val.get("split") == "seg11valid" and val.get("is_fcn_seg11valid") is False:
-        deviations.append(f"seg11valid list differs from FCN's ({val.get('count')} images)")
+        deviations.insert(0, f"seg11valid list differs from FCN's ({val.get('count')} images, FCN's "
+                             f"{SEG11VALID_COUNT}): {NOT_COMPARABLE}")
+    elif not comparable:
+        deviations.insert(0, f"test set {val.get('dataset', '?')} {val.get('split', '?')} ({val.get('count', '?')} "
+                             f"images), not FCN's seg11valid ({SEG11VALID_COUNT}): {NOT_COMPARABLE}")
     measured = data.get("mean_iu")
     return VerifyRow(table="table3", column="segmentation",
                      measured=None if measured is None else 100.0 * measured,
                      paper=None if paper_row is None else paper_row.get("segmentation"),
-                     protocol=stamp.get("key", "unknown"), deviations=tuple(deviations), source=str(scores_path))
+                     protocol=stamp.get("key", "unknown"), deviations=tuple(deviations), source=str(scores_path),
+                     comparable=comparable)

@@ -149,3 +149,36 @@ def test_classification_and_segmentation_stamps_name_their_model(tmp_path, model
             "protocol": kind, "init": weights.record()}}}))
         with pytest.raises(VerifyError, match="computed from the model in 'other'"):
             verify(model, [path])
+
+
+def _cls_seg_scores(path, kind, *, model_dir, **fields):
+    """A classification or segmentation scores.json of `model_dir` (stamp as the pipelines write it)."""
+    path.write_text(json.dumps({**fields, "provenance": {"protocol": {
+        "protocol": kind, "key": "k", "iterations": 1, "mode": "train+test", "config": {},
+        "init": {"model": model_record(model_dir)}, **fields.pop("stamp", {})}}}))
+    return path
+
+
+def test_classification_and_segmentation_on_other_test_sets_are_not_comparable(tmp_path, model):
+    def cls(name, n_neg):  # per class: positives + negatives + difficult = the test images
+        per_class = {c: {"n_pos": 1, "n_neg": n_neg, "n_difficult": 1} for c in VOC2007_TEST_POSITIVES}
+        return _cls_seg_scores(tmp_path / name, "voc07_classification", model_dir=model, map_sklearn=0.7,
+                               per_class=per_class)
+
+    def seg(name, val):
+        return _cls_seg_scores(tmp_path / name, "fcn_segmentation", model_dir=model, mean_iu=0.4,
+                               stamp={"val_data": val})
+
+    fcn = {"dataset": "VOC2011", "split": "seg11valid", "count": 736, "is_fcn_seg11valid": True}
+    paths = [cls("full.json", 4950), cls("subset.json", 2), cls("one_short.json", 4949),
+             seg("seg11valid.json", fcn), seg("other_list.json", {**fcn, "count": 735, "is_fcn_seg11valid": False}),
+             seg("voc_val.json", {"dataset": "VOC2012", "split": "val", "count": 1449})]
+    _, rows = verify(model, paths)
+    assert [r.comparable for r in rows] == [True, False, False, True, False, False]
+    assert rows[0].difference == pytest.approx(70.0 - 69.9) and rows[3].difference == pytest.approx(40.0 - 40.0)
+    assert all(r.difference is None for i, r in enumerate(rows) if i not in (0, 3))
+    assert "test set of 4 images, not the full VOC2007 test (4,952)" in rows[1].deviations[0]
+    assert "test set of 4,951 images" in rows[2].deviations[0]
+    assert "seg11valid list differs from FCN's (735 images, FCN's 736)" in rows[4].deviations[0]
+    assert "test set VOC2012 val (1449 images), not FCN's seg11valid (736)" in rows[5].deviations[0]
+    assert all("not comparable to the paper" in rows[i].deviations[0] for i in (1, 2, 4, 5))
