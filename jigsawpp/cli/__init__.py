@@ -179,12 +179,15 @@ def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_sc
     from tqdm import tqdm
 
     from jigsawpp.demo import demo_steps, run_demo
+    from jigsawpp.outputs import prepare_output_dir
 
+    torch_device = parse_device(device)  # a bad --device or --out is refused before the progress bar starts
+    prepare_output_dir(out_dir, overwrite=overwrite, what="--out")
     steps = demo_steps(release=not no_release, detection=not no_detection)
     with tqdm(total=len(steps), desc="demo", unit="step", leave=False) as bar:
         report = run_demo(out_dir, seed=seed, progress=StepProgress(bar, len(steps)), release=not no_release,
                           detection=not no_detection, overwrite=overwrite, keep_scratch=keep_scratch, bars=True,
-                          device=parse_device(device))
+                          device=torch_device)
         bar.update(len(steps) - bar.n)
     width = max(len(step.name) for step in report.steps)
     click.echo(f"jigsawpp demo — files in {report.out_dir}\n")

@@ -310,6 +310,7 @@ def test_a_user_mistake_is_one_error_line(argv, fragment, workspace, tmp_path, r
     assert len(errors) == 1, result.output
     assert fragment in errors[0], result.output
     assert "Traceback" not in result.output
+    assert "%|" not in result.output  # refused before any progress bar starts
     assert _tree(workspace, tmp_path) == before  # nothing written, nothing left behind
 
 
