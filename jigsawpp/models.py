@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from caffe_import.layers.pooling import caffe_pool_output_size
 from caffe_import.proto import caffe_pb2
+from jigsawpp.config_fields import refuse_unknown
 
 # Blob names in execution order; the LRN/pool order of blocks 1 and 2 depends on the config.
 CONV_BLOBS = ("conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5")
@@ -91,10 +92,7 @@ class AlexNetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> AlexNetConfig:
         """Strict: an unknown key is an error naming it (manifests written by a newer version fail loudly)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown AlexNetConfig key(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown(cls, data, what="AlexNetConfig key(s)")
         return cls(**data)  # type: ignore[arg-type]
 
 

@@ -35,11 +35,13 @@ Two things the fork leaves open or does differently, chosen here and recorded in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+
+from jigsawpp.config_fields import refuse_unknown
 
 # data_transformer.cpp@8c7ec09: r' = .8333r + .3333g - .1667b; g' = .3333(r + g + b); b' = -.1667r + .3333g + .8333b,
 # written here for BGR channel order (rows: output b, g, r; columns: input b, g, r).
@@ -95,10 +97,7 @@ class PuzzleConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PuzzleConfig:
         """Strict: unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PuzzleConfig key(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown(cls, data, what="PuzzleConfig key(s)")
         return cls(**data)  # type: ignore[arg-type]
 
 

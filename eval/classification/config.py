@@ -8,7 +8,7 @@ Sources, abbreviated in the comments:
   [color]   richzhang/colorization ``README.md@dae5a65``: "the value of interest is the 10-crops on the test set"
   [ours]    a choice of this implementation where the reference is silent (recorded in every stamp)
 
-Overrides are strict (`eval.config_fields`): an unknown key is an error naming it.
+Overrides are strict (`jigsawpp.config_fields`): an unknown key is an error naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eval.config_fields import check_types, config_from_dict, config_to_dict
+from jigsawpp.config_fields import check_types, config_from_dict, config_to_dict
 from jigsawpp.constants import IMAGENET_MEAN_BGR
 
 __all__ = ["VOCClassificationConfig"]

@@ -15,8 +15,8 @@ Sources, abbreviated in the comments:
   [rcnn]     rbgirshick/rcnn ``selective_search/selective_search_boxes.m`` (how Fast R-CNN's proposals were made)
   [pyfrcnn]  rbgirshick/py-faster-rcnn ``lib/fast_rcnn/config.py`` (a later variant, only where named)
 
-Overrides are strict (`FastRCNNConfig.from_dict`, `replace`; `eval.config_fields`): an unknown key is an error naming
-it, as in ``_merge_a_into_b`` of [cfg]; values are type-checked.
+Overrides are strict (`FastRCNNConfig.from_dict`, `replace`; `jigsawpp.config_fields`): an unknown key is an error
+naming it, as in ``_merge_a_into_b`` of [cfg]; values are type-checked.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eval.config_fields import check_types, config_from_dict, config_to_dict
+from jigsawpp.config_fields import check_types, config_from_dict, config_to_dict
 from jigsawpp.constants import FAST_RCNN_PIXEL_MEANS_BGR
 
 __all__ = ["DEFAULT_PROTOCOL", "PAPER_PROTOCOLS", "PROTOCOLS", "PROTOCOL_ALIASES", "FastRCNNConfig",

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from jigsawpp.engine.stamp import identity_mismatch
 from jigsawpp.io import write_json_atomic
 
 __all__ = ["FORMAT", "CacheSplit", "StaleCacheError", "open_cache_split"]
@@ -43,22 +44,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 class StaleCacheError(ValueError):
     """The cache folder holds features made with another model, transform, tap set or sample list."""
-
-
-def _diff(stored: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(stored) | set(wanted)):
-        a, b = stored.get(key, "<absent>"), wanted.get(key, "<absent>")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} (cached {_short(a)}, now {_short(b)})")
-    return out
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _normalise(value: Any) -> Any:
@@ -181,7 +166,7 @@ def open_cache_split(directory: str | os.PathLike[str], split: str, *, key: Mapp
     split_dir = directory / split
     if entry is not None:
         stored = {k: entry.get(k) for k in wanted}
-        differences = _diff(stored, wanted)
+        differences = identity_mismatch(stored, wanted, found_as="cached")
         if differences:
             raise StaleCacheError(f"{directory}: the cached '{split}' features are stale: " + "; ".join(differences)
                                   + f". Delete {split_dir} (or the whole cache) or pass another --cache folder.")

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eval.config_fields import check_types, config_from_dict, config_to_dict
 from eval.probes.taps import CONV_TAPS
+from jigsawpp.config_fields import check_types, config_from_dict, config_to_dict
 
 __all__ = ["FREEZE_POINTS", "LinearProbeConfig", "NonlinearConfig"]
 
@@ -35,7 +35,7 @@ FREEZE_POINTS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 
 class _Strict:
-    """Strict construction from mappings (`eval.config_fields`): unknown keys and wrong types are errors naming
+    """Strict construction from mappings (`jigsawpp.config_fields`): unknown keys and wrong types are errors naming
     them; JSON lists and ints become the tuples and floats the fields want."""
 
     def __post_init__(self) -> None:

@@ -17,28 +17,14 @@ from typing import Any
 from eval.reproduce.jobs import JOBS, Job
 from eval.reproduce.plan import MODEL_COPY, read_plan_record
 from eval.reproduce.runner import is_complete, read_status
+from eval.verify import VerifyRow
 
 __all__ = ["Cell", "JobResult", "RunSummary", "collect_run", "protocol_stamp"]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One paper cell: the measured number (percent) beside the paper's, and how the protocol differed."""
-
-    table: str
-    column: str
-    measured: float | None
-    paper: float | None
-    protocol: str
-    deviations: tuple[str, ...]
-    source: str
-    comparable: bool = True  # False: measured on other data than the paper's number (no difference)
-
-    @property
-    def difference(self) -> float | None:
-        if self.measured is None or self.paper is None or not self.comparable:
-            return None
-        return self.measured - self.paper
+# One paper cell of the report: the measured number (percent) beside the paper's and how the protocol differed;
+# exactly what `jigsawpp verify` prints as a row.
+Cell = VerifyRow
 
 
 @dataclass(frozen=True)

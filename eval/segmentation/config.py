@@ -8,7 +8,7 @@ Sources, abbreviated in the comments:
             SBD train ("voc2011bh_segtrain") and seg11valid, the self-supervised papers' FCN protocol
   [ours]    a choice of this implementation where the references are silent (recorded in every stamp)
 
-Overrides are strict (`eval.config_fields`): an unknown key is an error naming it.
+Overrides are strict (`jigsawpp.config_fields`): an unknown key is an error naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eval.config_fields import check_types, config_from_dict, config_to_dict
+from jigsawpp.config_fields import check_types, config_from_dict, config_to_dict
 
 __all__ = ["FCN_PROTOCOLS", "FCNConfig", "fcn_protocol"]
 

@@ -23,13 +23,14 @@ fc6_s{i}, `fc7`, `fc8`): `caffe_blobs()` lists them for the caffemodel writer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from caffe_import.layers.normalization import CaffeMVN
+from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
 
 Arch = Literal["alexnet", "vgg16"]
@@ -62,10 +63,7 @@ class CFNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> CFNConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown CFNConfig key(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown(cls, data, what="CFNConfig key(s)")
         return cls(**data)  # type: ignore[arg-type]
 
 

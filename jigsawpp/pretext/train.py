@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.pretext.networks import Arch, CFNConfig, ContextFreeNetwork
 from jigsawpp.puzzle import PuzzleConfig, make_puzzles
 
@@ -84,10 +85,7 @@ class PretextConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PretextConfig:
         """Strict: unknown keys (also inside "puzzle") are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown pretext setting(s) {unknown}; known: {sorted(known)}")
+        refuse_unknown(cls, data, what="pretext setting(s)")
         values = dict(data)
         if isinstance(values.get("puzzle"), dict):
             values["puzzle"] = PuzzleConfig.from_dict(values["puzzle"])  # type: ignore[arg-type]

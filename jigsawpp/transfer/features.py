@@ -20,14 +20,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.data import IMAGE_READING, CaffeTransform, ImageDataset, caffe_transform
+from jigsawpp.engine.stamp import identity_mismatch
 from jigsawpp.transfer.store import (
     ARRAY,
     FORMAT,
@@ -37,7 +39,6 @@ from jigsawpp.transfer.store import (
     ChunkProgress,
     FeatureStoreError,
     ImageList,
-    identity_mismatch,
 )
 from jigsawpp.transfer.teacher import Teacher, choose_pooling
 
@@ -68,10 +69,7 @@ class FeatureConfig:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, object]) -> FeatureConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown feature option(s) {unknown}; known: {sorted(known)}.")
+        refuse_unknown(cls, overrides, what="feature option(s)")
         return cls(**overrides)  # type: ignore[arg-type]
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.data import ImageDataset
 from jigsawpp.transfer.store import ImageList
 
@@ -51,10 +52,7 @@ class HogConfig:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, object]) -> HogConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown HOG option(s) {unknown}; known: {sorted(known)}.")
+        refuse_unknown(cls, overrides, what="HOG option(s)")
         return cls(**overrides)  # type: ignore[arg-type]
 
     @property

@@ -27,12 +27,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jigsawpp.transfer.store import FeatureStore, FeatureStoreError, identity_mismatch
+from jigsawpp.config_fields import refuse_unknown
+from jigsawpp.engine.stamp import identity_mismatch
+from jigsawpp.transfer.store import FeatureStore, FeatureStoreError
 
 FORMAT = "jigsawpp-centroids/1"
 NORMALIZATIONS = ("none", "l2", "pca")
@@ -70,10 +72,7 @@ class KMeansConfig:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, object]) -> KMeansConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown k-means option(s) {unknown}; known: {sorted(known)}.")
+        refuse_unknown(cls, overrides, what="k-means option(s)")
         return cls(**overrides)  # type: ignore[arg-type]
 
     def identity(self) -> dict[str, object]:

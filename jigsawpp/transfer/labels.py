@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jigsawpp.engine.stamp import identity_mismatch
 from jigsawpp.label_files import PseudoLabels, save_pseudo_labels
 from jigsawpp.transfer.kmeans import Centroids, faiss_index
-from jigsawpp.transfer.store import FeatureStore, FeatureStoreError, identity_mismatch
+from jigsawpp.transfer.store import FeatureStore, FeatureStoreError
 
 FORMAT = "jigsawpp-pseudo-labels/1"
 MONTAGE_CLUSTERS = 12   # clusters shown in the montage (drawn with a fixed seed among non-empty clusters)

@@ -7,9 +7,10 @@ Layout of a feature folder FEATS (other stages and tools rely on it):
     FEATS/images.txt           one line per row: the image path relative to the data root [space true label]
     FEATS/progress/rank<r>.txt chunk indices written and flushed by rank r (resume); removed when complete
 
-A folder is reused only when its identity matches what the caller would write (`identity_mismatch`); a stale or
-mismatched folder is refused with the keys that differ. ImageNet train at 5 x 5 x 384 is 1.28M x 9,600 values
-(24.6 GB in float16): stages read it in row chunks through the memmap and never hold it in memory.
+A folder is reused only when its identity matches what the caller would write
+(`jigsawpp.engine.stamp.identity_mismatch`); a stale or mismatched folder is refused with the keys that differ.
+ImageNet train at 5 x 5 x 384 is 1.28M x 9,600 values (24.6 GB in float16): stages read it in row chunks through the
+memmap and never hold it in memory.
 """
 
 from __future__ import annotations
@@ -85,23 +86,6 @@ def read_image_list(path: Path, root: Path) -> ImageList:
     if parts and all(len(p) == 2 and p[1].lstrip("-").isdigit() for p in parts):
         return ImageList(root, tuple(p[0] for p in parts), tuple(int(p[1]) for p in parts))
     return ImageList(root, tuple(lines), None)
-
-
-def identity_mismatch(found: dict, wanted: dict, prefix: str = "") -> list[str]:
-    """Keys (dotted paths) whose values differ between two identity dicts, with both values."""
-    diffs: list[str] = []
-    for key in sorted(set(found) | set(wanted)):
-        a, b = found.get(key, "<absent>"), wanted.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += identity_mismatch(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {_short(a)} in the folder, {_short(b)} now")
-    return diffs
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass

@@ -22,13 +22,14 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.constants import IMAGENET_MEAN_BGR
 from jigsawpp.label_files import PseudoLabels, load_pseudo_labels
 from jigsawpp.transfer.network import caffenet_init_, cc_config, solver_multipliers
@@ -66,10 +67,7 @@ class CCConfig:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, object]) -> CCConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}.")
+        refuse_unknown(cls, overrides, what="training option(s)")
         return cls(**overrides)  # type: ignore[arg-type]
 
 

@@ -70,7 +70,7 @@ def test_extract_resume_and_reuse(tmp_path, taps):
 
 def test_stale_cache_is_refused(tmp_path, taps):
     _open(tmp_path / "c", taps)
-    with pytest.raises(StaleCacheError, match=r"model_sha256 \(cached abc, now xyz\)"):
+    with pytest.raises(StaleCacheError, match=r"model_sha256: abc cached, xyz now"):
         _open(tmp_path / "c", taps, key={"model_sha256": "xyz", "transform": {"crop": SIZE}})
     with pytest.raises(StaleCacheError, match=r"transform.crop"):
         _open(tmp_path / "c", taps, key={"model_sha256": "abc", "transform": {"crop": 227}})

@@ -1,4 +1,5 @@
-"""Strict overrides for the protocols' frozen config dataclasses (Fast R-CNN, VOC classification, FCN).
+"""Strict overrides for the project's frozen config dataclasses (the protocols' Fast R-CNN, VOC classification, FCN
+and probe configs; the model, puzzle, pretext and transfer configs).
 
 As fast-rcnn's ``_merge_a_into_b`` (rbgirshick/fast-rcnn@b612190 ``lib/fast_rcnn/config.py``): an unknown key is an
 error naming it and listing the valid ones, and every value must have its field's type. JSON (``--set key=value``,
@@ -14,9 +15,25 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-__all__ = ["check_types", "coerce", "config_from_dict", "config_to_dict", "matches"]
+__all__ = ["ConfigKeyError", "check_types", "coerce", "config_from_dict", "config_to_dict", "matches", "refuse_unknown"]
 
 C = TypeVar("C")
+
+
+class ConfigKeyError(KeyError, ValueError):
+    """An unknown config key. Both a KeyError and a ValueError (callers catch either); prints unquoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def refuse_unknown(cls: type, values: Mapping[str, Any], *, what: str) -> None:
+    """Raise ConfigKeyError naming the keys of `values` that are not fields of the dataclass `cls`, and the valid
+    ones (``what``: how the message names the keys, e.g. "HOG option(s)")."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigKeyError(f"unknown {what} {unknown}; known: {', '.join(sorted(known))}.")
 
 
 def coerce(value: Any, hint: Any) -> Any:
@@ -72,10 +89,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
-    """``cls(**values)`` after refusing unknown keys (KeyError naming them and the valid ones) and coercing JSON."""
+    """``cls(**values)`` after refusing unknown keys (ConfigKeyError naming them and the valid ones) and coercing
+    JSON."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - known)
     if unknown:
-        raise KeyError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are: {', '.join(sorted(known))}.")
+        raise ConfigKeyError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are: {', '.join(sorted(known))}.")
     hints = typing.get_type_hints(cls)
     return cls(**{k: coerce(v, hints[k]) for k, v in values.items()})
