@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from jigsawpp import __version__
+from jigsawpp.cli import eval_cmds, eval_voc_cmds, pretext_cmds, reproduce_cmds, transfer_cmds
 from jigsawpp.cli.common import OVERWRITE_HELP, StepProgress, parse_device
 from jigsawpp.cli.errors import JigsawppGroup
 
@@ -200,15 +201,11 @@ def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_sc
     click.echo(f"\n{report.kept_mb:.0f} MB left in {report.out_dir} ({scratch}).")
 
 
-from jigsawpp.cli.eval_cmds import register as _register_eval  # noqa: E402, I001
-_register_eval(main)
-from jigsawpp.cli.eval_voc_cmds import register as _register_voc  # noqa: E402, I001
-_register_voc(main)
-from jigsawpp.cli.transfer_cmds import transfer_group as _transfer; main.add_command(_transfer)  # noqa: E402, E702, I001
-from jigsawpp.cli.pretext_cmds import register as _register_pretext  # noqa: E402, I001
-_register_pretext(main)
-from jigsawpp.cli.reproduce_cmds import register as _reproduce; _reproduce(main)  # noqa: E402, E702, I001
-
+eval_cmds.register(main)
+eval_voc_cmds.register(main)
+main.add_command(transfer_cmds.transfer_group)
+pretext_cmds.register(main)
+reproduce_cmds.register(main)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["OVERWRITE_HELP", "RUN_CONFIG", "StepProgress", "parse_device", "recorded_protocol",
+__all__ = ["OVERWRITE_HELP", "RUN_CONFIG", "StepProgress", "parse_device", "parse_sets", "recorded_protocol",
            "refuse_foreign_output", "tidy_on_failure"]
 
 OVERWRITE_HELP = "Replace an existing non-empty output (without this flag it is refused before any work starts)."
@@ -126,3 +126,30 @@ def parse_device(value: str | None, *, flag: str = "--device"):
             raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                                      f"numbered from 0.", param_hint=flag)
     return device
+
+
+def start_device(value: str | None, *, flag: str = "--device"):
+    """The torch.device this process runs on: `value` checked as `parse_device` does (a usage error naming `flag`),
+    the process group joined under torchrun, then `jigsawpp.engine.distributed.resolve_device` (this rank's GPU)."""
+    parse_device(value, flag=flag)
+    from jigsawpp.engine.distributed import init_distributed, resolve_device
+
+    init_distributed()
+    return resolve_device(value)
+
+
+def parse_sets(values: tuple[str, ...], *, flag: str = "--set") -> dict[str, object]:
+    """``KEY=VALUE`` options as a dict: VALUE parsed as JSON (numbers, lists, true/false, null), else kept as the bare
+    string (``proposals=opencv_quality``). An item without ``=`` is a usage error naming `flag`."""
+    import click
+
+    out: dict[str, object] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=flag)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out

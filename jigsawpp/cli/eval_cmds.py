@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import click
 
-from jigsawpp.cli.common import OVERWRITE_HELP, parse_device, tidy_on_failure
+from jigsawpp.cli.common import OVERWRITE_HELP, parse_sets, start_device, tidy_on_failure
 
 PROTOCOL_CHOICES = ("single_scale", "multiscale", "ms_train_ss_test", "fast_rcnn_default")
 
@@ -20,38 +18,10 @@ def eval_group() -> None:
     (Table 3), linear and nonlinear classifiers on frozen layers (Tables 4-6), and scoring of devkit-format results."""
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw  # a bare string, e.g. proposals=opencv_quality
-    return out
 
 
-def _device(choice: str | None):
-    import torch
-
-    if choice:
-        return parse_device(choice)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1): one process per GPU, NCCL (gloo on CPU)."""
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend)
 
 
 def _echo_ap(run, out: Path) -> None:
@@ -123,7 +93,7 @@ def detection(model_dir, voc, out_dir, protocol_name, multiscale, ms_train_ss_te
     if len(chosen) > 1:
         raise click.UsageError(f"choose one protocol, got {sorted(chosen)}.")
     name = chosen.pop() if chosen else DEFAULT_PROTOCOL
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     if iters is not None:
         overrides["max_iters"] = iters
     if train_conv1:
@@ -150,8 +120,7 @@ def detection(model_dir, voc, out_dir, protocol_name, multiscale, ms_train_ss_te
     if caffe_prototxt is None and model_dir is None:
         raise click.UsageError("--model is required (or --caffe-test with --caffemodel).")
     proposal_args = {"mat_dir": mat_dir, "cache_dir": proposal_cache, "workers": workers}
-    _init_distributed()
-    dev = _device(device)
+    dev = start_device(device)
     with tidy_on_failure(out):
         _prepare_detection_out(out, overwrite=overwrite)
         if caffe_prototxt is not None:

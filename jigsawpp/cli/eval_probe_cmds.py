@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from jigsawpp.cli.common import OVERWRITE_HELP, parse_device
-from jigsawpp.cli.eval_cmds import _parse_sets
+from jigsawpp.cli.common import OVERWRITE_HELP, parse_sets, start_device
 
 TAPS_HELP = "conv1,conv2,conv3,conv4,conv5 (Tables 4/5); pool1, pool2, pool5 also exist with --resize bilinear"
 
@@ -26,14 +25,13 @@ def _fmt(value: float | None) -> str:
 
 def _start(device: str | None, out: Path, *, overwrite: bool, resume: bool, what: str):
     """The device, after refusing a malformed --device and an unusable --out before any work starts."""
-    from jigsawpp.engine.distributed import init_distributed, is_main, resolve_device
+    from jigsawpp.engine.distributed import is_main
     from jigsawpp.outputs import prepare_output_dir
 
-    parse_device(device)
-    init_distributed()
+    dev = start_device(device)
     if is_main():
         prepare_output_dir(out, overwrite=overwrite, what=what, resume=resume)
-    return resolve_device(device)
+    return dev
 
 
 @click.command("linear")
@@ -72,7 +70,7 @@ def linear_cmd(model_dir, data_root, dataset, out_dir, taps, resize, ten_crop, i
     layer, a learning curve and a bar chart beside the paper's row, with a provenance stamp."""
     from eval.probes.config import LinearProbeConfig
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     for key, value in (("taps", tuple(t.strip() for t in taps.split(",")) if taps else None), ("resize", resize),
                        ("max_iter", iters), ("cache_train_views", cache_views), ("amp", amp),
                        ("test_crops", "ten" if ten_crop else None)):
@@ -139,7 +137,7 @@ def nonlinear_cmd(model_dir, data_root, dataset, freeze_upto, out_dir, iters, ce
     and trained on ImageNet, tested on 10 crops. No reference code exists: the result is marked unverified."""
     from eval.probes.config import NonlinearConfig
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     overrides["freeze_upto"] = freeze_upto
     for key, value in (("max_iter", iters), ("amp", amp), ("test_crops", "center" if center_crop else None)):
         if value is not None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from jigsawpp.cli.common import parse_sets, start_device
+
 AMP_CHOICES = ("off", "bf16", "fp16")
 
 
@@ -19,14 +21,6 @@ def _fail(exc: BaseException) -> click.ClickException:
     return click.ClickException(_message(exc))
 
 
-def _runtime(device: str | None):
-    from jigsawpp.engine.distributed import init_distributed, resolve_device
-
-    init_distributed()
-    try:
-        return resolve_device(device)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 def _prepare(out: Path, *, overwrite: bool, what: str, command: str | None = None, protocol: str | None = None) -> None:
@@ -68,9 +62,8 @@ def _common(fn):
 
 
 def _overrides(sets: tuple[str, ...], **flags: object) -> dict:
-    from jigsawpp.cli.eval_cmds import _parse_sets
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     names = {"iters": "max_iters"}
     for key, value in flags.items():
         if value is not None and value is not False:
@@ -123,7 +116,7 @@ def classification(model_dir, voc, out_dir, variant, iters, transfer, rescale, d
     except (KeyError, TypeError, ValueError) as exc:
         raise click.UsageError(_message(exc)) from None
     out = out_dir or Path(f"voc07_classification_{cfg.variant}")
-    dev = _runtime(device)
+    dev = start_device(device)
     from eval.classification.provenance import PROTOCOL_NAME
 
     _prepare(out, overwrite=overwrite, what="classification output", command="eval classification",
@@ -178,7 +171,7 @@ def segmentation(model_dir, voc, sbd, out_dir, protocol_name, train_data, val_da
     except (KeyError, TypeError, ValueError) as exc:
         raise click.UsageError(_message(exc)) from None
     out = out_dir or Path(f"fcn_segmentation_{protocol_name}" if caffe_prototxt is None else "fcn_caffe_test")
-    dev = _runtime(device)
+    dev = start_device(device)
     from eval.segmentation.labels import SEG_CLASSES
     from eval.segmentation.pipeline import (
         evaluate_caffe_segmenter,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from jigsawpp.cli.common import parse_sets
+
 
 @click.group("pretext")
 def pretext_group() -> None:
@@ -18,17 +20,6 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 @pretext_group.command("permutations")
@@ -129,7 +120,7 @@ def train_cmd(data: Path, arch: str, out: Path, perms_file: Path | None, max_ite
     from jigsawpp.permutations import PermutationFileError
     from jigsawpp.pretext.train import PretextConfig, train_pretext
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     for key, value in (("arch", arch), ("max_iters", max_iters), ("batch_size", batch_size),
                        ("iter_size", iter_size), ("amp", amp), ("workers", workers)):
         if value is not None:

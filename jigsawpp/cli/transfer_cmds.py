@@ -3,10 +3,11 @@ click layer over `jigsawpp.transfer`. Heavy imports happen inside the commands; 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from jigsawpp.cli.common import parse_sets
 
 DATA_HELP = ("Image folder: an ImageFolder tree (root/<class>/<image>), the ImageNet or Places205 root with "
              "--split, or the root that --list's paths are relative to.")
@@ -65,17 +66,6 @@ def _images(data, split, list_file):
     return images_from_data(data, split=split, list_file=list_file)
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def _user_errors():
@@ -143,7 +133,7 @@ def hog_cmd(data, split, list_file, out, vocabulary_from, sets, workers, overwri
         from jigsawpp.transfer.features import FeatureConfig
         from jigsawpp.transfer.hog import HogConfig, hog_features
 
-        config = HogConfig.from_overrides(_parse_sets(sets)) if vocabulary_from is None or sets else None
+        config = HogConfig.from_overrides(parse_sets(sets)) if vocabulary_from is None or sets else None
         result = hog_features(_images(data, split, list_file), out, config=config,
                               feature_config=FeatureConfig(workers=workers, batch_size=64),
                               vocabulary_from=vocabulary_from, overwrite=overwrite)
@@ -229,7 +219,7 @@ def _train_options(fn):
 def _train_config(iters, batch_size, sets, amp, workers):
     from jigsawpp.transfer.train import CCConfig
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     overrides.update({k: v for k, v in (("max_iter", iters), ("batch_size", batch_size)) if v is not None})
     return CCConfig.from_overrides({**overrides, "amp": amp, "workers": workers})
 
@@ -343,9 +333,9 @@ def run_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, list_fi
         if val_split is not None or val_list_file is not None:
             val_images = _images(data, val_split, val_list_file)
         config = RunConfig(
-            features=FeatureConfig.from_overrides({"workers": workers, **_parse_sets(feature_sets)}),
-            hog=HogConfig.from_overrides(_parse_sets(hog_sets)),
-            kmeans=KMeansConfig.from_overrides({"k": k, "normalize": normalize, **_parse_sets(kmeans_sets)}),
+            features=FeatureConfig.from_overrides({"workers": workers, **parse_sets(feature_sets)}),
+            hog=HogConfig.from_overrides(parse_sets(hog_sets)),
+            kmeans=KMeansConfig.from_overrides({"k": k, "normalize": normalize, **parse_sets(kmeans_sets)}),
             train=_train_config(iters, batch_size, sets, amp, workers), name=name)
         reports = run_transfer(TeacherSpec(model, str(caffemodel) if caffemodel else None, blob, variant,
                                            teacher_seed), train_images, out, val_images=val_images, config=config,
