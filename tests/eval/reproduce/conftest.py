@@ -70,14 +70,14 @@ def reproduce_inputs(tmp_path_factory) -> Inputs:
     return Inputs(model=base / "model", voc=voc.root, voc12=seg.root, sbd=sbd, imagenet=probe.root)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("reproduce_runs")
     yield path
     shutil.rmtree(path, ignore_errors=True)  # checkpoints and weights of every job
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_run(reproduce_inputs, runs_dir) -> Path:
     """`JOBS` at --scale tiny, uninterrupted, in this process."""
     run = runs_dir / "full"
@@ -86,7 +86,7 @@ def tiny_run(reproduce_inputs, runs_dir) -> Path:
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def killed_run(reproduce_inputs, runs_dir) -> Path:
     """The segmentation job started by `jigsawpp reproduce` in a subprocess, SIGKILLed as soon as its first checkpoint
     exists (iteration 1 of 2), then the same command re-run to the end."""
