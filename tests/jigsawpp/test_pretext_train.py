@@ -57,6 +57,18 @@ def test_resume_continues_bit_for_bit(runs):
     assert all(np.isfinite(r["loss"]) for r in log)
 
 
+def test_adam_and_msra_options_resume_bit_for_bit(photo_lists, tmp_path):
+    config = PretextConfig().with_overrides({**TINY, "solver": "adam", "base_lr": 1e-3, "init": "msra",
+                                             "dropout": 0.0})
+    straight = train_pretext(photo_lists[0], tmp_path / "straight", config=config, progress=False, export=False)
+    train_pretext(photo_lists[0], tmp_path / "resumed", config=config, progress=False, export=False, stop_after=1)
+    rest = train_pretext(photo_lists[0], tmp_path / "resumed", config=config, progress=False, export=False)
+    a, b = load_state_dict_file(straight.model), load_state_dict_file(rest.model)
+    assert rest.resumed_from == 1 and all(torch.equal(a[k], b[k]) for k in a)
+    provenance = json.loads((rest.out_dir / "provenance.json").read_text())
+    assert provenance["config"]["solver"] == "adam" and "not the authors'" in provenance["choices"]["solver"]
+
+
 def test_outputs_of_a_finished_run(runs):
     _, _, rest, config = runs
     out = rest.out_dir
