@@ -804,16 +804,17 @@ def jigsawpp_pretext(ctx: Context) -> tuple[str, dict]:
         if diff != 0.0:
             raise AssertionError(f"the converted release zip's tower differs from the trained one by {diff}")
         figures[-1] += ", zip -> convert identical"
-        # the learning check: a short run on the packaged photos, puzzle accuracy on the held-out ones
+        # the learning check of the test suite (`run_sample`, `CPU_CHECK`, 300 iterations, fp32) on the device:
+        # held-out puzzle accuracy from chance to several standard errors above it (0.215 -> 0.475 on 2 CPU cores)
         from jigsawpp.pretext.sample_run import run_sample
 
-        sample = run_sample(ctx.tmp / "pretext_sample", iterations=4000, batch_size=64, permutations=10,
-                            base_lr=0.001, device=str(device), workers=8, amp="bf16")
-        data["sample_run"] = {"iterations": sample.iterations, "seconds": sample.seconds, "chance": sample.chance,
-                              "before": sample.before.to_dict(), "after": sample.after.to_dict()}
-        figures.append(f"sample run {sample.iterations} its ({sample.train_photos} photos): held-out puzzle accuracy "
-                       f"{sample.before.accuracy:.2f} -> {sample.after.accuracy:.2f} (chance {sample.chance:.2f})")
-        if not sample.after.accuracy >= 2 * sample.chance:
+        sample = run_sample(ctx.tmp / "pretext_sample", iterations=300, per_image=50, device=str(device), workers=8)
+        data["sample_run"] = sample.to_dict()
+        figures.append(f"sample run {sample.iterations} its ({sample.train_photos} photos) in {sample.seconds:.0f} s: "
+                       f"held-out puzzle accuracy {sample.before.accuracy:.2f} -> {sample.after.accuracy:.2f} "
+                       f"(chance {sample.chance:.2f}, {sample.after.puzzles} puzzles)")
+        stderr = (sample.chance * (1 - sample.chance) / sample.after.puzzles) ** 0.5
+        if not sample.after.accuracy > sample.chance + 6 * stderr:
             raise AssertionError("; ".join(figures) + ": held-out accuracy is not well above chance")
     return "; ".join(figures), data
 

@@ -168,7 +168,8 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 @click.option("--no-release", is_flag=True, help="Skip the release-zip and detection parts (only the CaffeNet/OpenCV "
                                                   "check).")
 @click.option("--no-detection", is_flag=True,
-              help="Skip the short fine-tuning steps (Fast R-CNN, VOC classification, FCN; most of the time).")
+              help="Skip the short training steps (Fast R-CNN, VOC classification, FCN, Jigsaw++ pretext; most "
+                   "of the time).")
 @click.option("--keep-scratch", is_flag=True, help="Keep OUT/scratch (CaffeNet caffemodel and conversion, detector "
                                                     "weights, solver snapshots with momentum; about 2 GB).")
 @click.option("--device", default=None, help="torch device of the detection step (default: cuda if available).")
@@ -176,7 +177,8 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_scratch: bool, device: str | None,
          overwrite: bool) -> None:
     """Run the main job on an embedded default (no download): a release-shaped zip through info, convert, ONNX
-    export and onnxruntime parity, a real photo, a CaffeNet checked against OpenCV, and a short Fast R-CNN run."""
+    export and onnxruntime parity, a real photo, a CaffeNet checked against OpenCV, short Fast R-CNN, VOC
+    classification and FCN runs, and a short Jigsaw++ pretext run (held-out puzzle accuracy before and after)."""
     from tqdm import tqdm
 
     from jigsawpp.demo import demo_steps, run_demo

@@ -1,5 +1,5 @@
-"""Caffe's SGD solver: per-blob learning-rate and weight-decay multipliers, momentum, gradient clipping, iter_size,
-and every learning-rate policy of ``SGDSolver::GetLearningRate``.
+"""Caffe's SGD solver (and its Adam solver, `CaffeAdam`): per-blob learning-rate and weight-decay multipliers,
+momentum, gradient clipping, iter_size, and every learning-rate policy of ``SGDSolver::GetLearningRate``.
 
 Source: BVLC/caffe ``src/caffe/solvers/sgd_solver.cpp`` (master 9b89154; the same update as caffe-fast-rcnn@bcd9b4e
 ``src/caffe/solver.cpp``). ``ApplyUpdate`` at iteration i (0-based, before the update), over all learnable blobs::
@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["LR_POLICIES", "CaffeSGD", "LRPolicy", "ParamSpec", "param_specs", "step_lr"]
+__all__ = ["LR_POLICIES", "CaffeAdam", "CaffeSGD", "LRPolicy", "ParamSpec", "param_specs", "step_lr"]
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 PolicyName = Literal["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]
@@ -243,3 +243,70 @@ class CaffeSGD(torch.optim.Optimizer):
                     raise ValueError(f"checkpoint momentum for {group['name']} has shape {tuple(value.shape)}, "
                                      f"the blob has {tuple(param.shape)}.")
                 self.state[param]["history"] = value.to(device=param.device, dtype=param.dtype).clone()
+
+
+class CaffeAdam(CaffeSGD):
+    """Caffe's Adam solver (`solver_type: ADAM`, BVLC/caffe ``src/caffe/solvers/adam_solver.cpp``@9b89154) over
+    `ParamSpec` blobs: clipping, iter_size normalisation and L2 regularisation as `CaffeSGD`, then per blob, with
+    t = iteration + 1 (1-based) and local_rate = rate * lr_mult::
+
+        m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
+        w -= local_rate * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + delta)
+
+    beta1 is SolverParameter.momentum, beta2 momentum2 (default 0.999), delta its default 1e-8. `histories()`
+    holds "<blob>/m", "<blob>/v" and "adam_t" (the number of updates so far), for exact resume.
+    """
+
+    def __init__(self, specs: Sequence[ParamSpec], *, momentum: float = 0.9, momentum2: float = 0.999,
+                 delta: float = 1e-8, weight_decay: float, clip_gradients: float | None = None) -> None:
+        super().__init__(specs, momentum=momentum, weight_decay=weight_decay, clip_gradients=clip_gradients)
+        self.momentum2, self.delta, self.t = momentum2, delta, 0
+
+    @torch.no_grad()
+    def step(self, rate: float, *, iter_size: int = 1) -> None:  # type: ignore[override]
+        if iter_size < 1:
+            raise ValueError(f"iter_size must be >= 1, got {iter_size}.")
+        self._clip()
+        self.t += 1
+        for group in self.param_groups:
+            (param,) = group["params"]
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            if iter_size > 1:
+                grad = grad * (1.0 / iter_size)
+            decay = group["weight_decay"] * group["decay_mult"]
+            if decay:
+                grad = grad + decay * param
+            state = self.state[param]
+            if "m" not in state:
+                state["m"], state["v"] = torch.zeros_like(param), torch.zeros_like(param)
+            beta1, beta2 = group["momentum"], self.momentum2
+            state["m"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
+            state["v"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            correction = math.sqrt(1.0 - beta2 ** self.t) / (1.0 - beta1 ** self.t)
+            param.addcdiv_(state["m"], state["v"].sqrt().add_(self.delta), value=-rate * group["lr_mult"] * correction)
+
+    def histories(self) -> dict[str, torch.Tensor]:
+        out = {"adam_t": torch.tensor(self.t, dtype=torch.int64)}
+        for group in self.param_groups:
+            state = self.state[group["params"][0]]
+            if "m" in state:
+                out[f"{group['name']}/m"], out[f"{group['name']}/v"] = state["m"], state["v"]
+        return out
+
+    def load_histories(self, histories: Mapping[str, torch.Tensor]) -> None:
+        """Restore `histories` (as saved by `histories()`); unknown blobs or shapes are an error naming them."""
+        names = {g["name"] for g in self.param_groups}
+        unknown = sorted(k for k in histories if k != "adam_t" and k.rsplit("/", 1)[0] not in names)
+        if unknown:
+            raise KeyError(f"checkpoint has Adam moments for blobs this solver does not train: {unknown}.")
+        self.t = int(histories["adam_t"]) if "adam_t" in histories else 0
+        for group in self.param_groups:
+            param, name = group["params"][0], group["name"]
+            if f"{name}/m" not in histories:
+                continue
+            for key in ("m", "v"):
+                value = histories[f"{name}/{key}"]
+                if value.shape != param.shape:
+                    raise ValueError(f"checkpoint Adam {key} for {name} has shape {tuple(value.shape)}, the blob has "
+                                     f"{tuple(param.shape)}.")
+                self.state[param][key] = value.to(device=param.device, dtype=param.dtype).clone()

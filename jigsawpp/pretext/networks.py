@@ -34,6 +34,8 @@ from jigsawpp.config_fields import refuse_unknown
 from jigsawpp.models import AlexNetConfig, CaffeAlexNet
 
 Arch = Literal["alexnet", "vgg16"]
+Init = Literal["caffe", "msra"]
+INITS = ("caffe", "msra")
 MVN_EPS = 1e-9          # MVNParameter.eps default (BVLC caffe.proto); the prototxt does not set it
 TILE_SCALE = 50.0       # power_param { scale: 50 } after each tile's MVN
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -116,6 +118,11 @@ class VGG16Tower(nn.Module):
         return x
 
 
+def _msra_std(weight: torch.Tensor) -> float:
+    """Caffe's MSRAFiller (variance_norm FAN_IN): std sqrt(2 / fan_in), fan_in = weight.numel() / num_output."""
+    return (2.0 / weight[0].numel()) ** 0.5
+
+
 class ContextFreeNetwork(nn.Module):
     """tiles (B, 9, 3, T, T) float BGR 0..255 in slot order -> fc8 logits (B, num_classes)."""
 
@@ -139,21 +146,37 @@ class ContextFreeNetwork(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """The prototxt's fillers (train_val_cfn_jps++.prototxt@d18dace): conv gaussian std 0.01 with biases
+    def reset_parameters(self, generator: torch.Generator | None = None, *, init: Init = "caffe") -> None:
+        """Draw every weight from `generator` with the fillers `init` names.
+
+        "caffe": the prototxt's fillers (train_val_cfn_jps++.prototxt@d18dace): conv gaussian std 0.01 with biases
         conv1 0, conv2 1, conv3 0, conv4 1, conv5 1; fc6_s{i} and fc7 gaussian 0.005, bias 1; fc8 gaussian 0.01,
-        bias 0. VGG16 towers: MSRA (std sqrt(2 / fan_in), Caffe's "msra" with fan_in) weights, zero biases."""
+        bias 0. VGG16 towers: MSRA (std sqrt(2 / fan_in), Caffe's "msra" with fan_in) weights, zero biases.
+        "msra" (not the authors'; for short runs, where the gaussian fillers sit at chance for a long time): every
+        conv, fc6 and fc7 weight MSRA (He et al. 2015, std sqrt(2 / fan_in), fan_in = in_channels / groups x
+        kernel area; Caffe's `msra` filler), zero biases, except that conv1's std is divided by `tile_scale` (its
+        input is the MVN'd tile x 50, He's derivation assumes unit-variance input) and fc8 keeps the prototxt's
+        gaussian 0.01 (an MSRA fc8 starts with large logits and the first updates overshoot).
+        Raises:
+            ValueError: an unknown `init`.
+        """
+        if init not in INITS:
+            raise ValueError(f"ContextFreeNetwork: init {init!r}; choose {' or '.join(INITS)}.")
         alexnet_bias = {"conv1": 0.0, "conv2": 1.0, "conv3": 0.0, "conv4": 1.0, "conv5": 1.0}
         for name, module in self.tower.named_children():
             if isinstance(module, nn.Conv2d):
-                if self.config.arch == "alexnet":
+                if self.config.arch == "alexnet" and init == "caffe":
                     module.weight.normal_(0.0, 0.01, generator=generator)
                     module.bias.fill_(alexnet_bias[name])
                 else:
-                    fan_in = module.weight[0].numel()
-                    module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                    std = _msra_std(module.weight)
+                    if init == "msra" and name in ("conv1", "conv1_1"):
+                        std /= self.config.tile_scale
+                    module.weight.normal_(0.0, std, generator=generator)
                     module.bias.zero_()
         for layer, std, bias in ((self.fc6, 0.005, 1.0), (self.fc7, 0.005, 1.0), (self.fc8, 0.01, 0.0)):
+            if init == "msra":
+                std, bias = (0.01 if layer is self.fc8 else _msra_std(layer.weight)), 0.0
             layer.weight.normal_(0.0, std, generator=generator)
             layer.bias.fill_(bias)
 

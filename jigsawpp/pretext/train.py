@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from jigsawpp.config_fields import refuse_unknown
-from jigsawpp.pretext.networks import Arch, CFNConfig, ContextFreeNetwork
+from jigsawpp.pretext.networks import INITS, Arch, CFNConfig, ContextFreeNetwork, Init
 from jigsawpp.puzzle import PuzzleConfig, make_puzzles
 
 CURVE_NAME = "training_curve.png"
@@ -56,6 +56,8 @@ class PretextConfig:
     fc8_outputs: int | None = None     # None: one per permutation; 1000 with permutations_701.bin is the authors' net
     fc6: int = 1024                    # fc6_s{i} num_output
     fc7: int = 4096                    # fc7 num_output
+    dropout: float = 0.5               # drop6_s{i}, drop7 dropout_ratio
+    init: Init = "caffe"               # the prototxt's gaussian fillers; "msra": ContextFreeNetwork.reset_parameters
     batch_size: int = 256              # train_val_cfn_jps++.prototxt TRAIN batch_size (global)
     base_lr: float = 0.01              # solver_cfn_jps.prototxt
     gamma: float = 0.1
@@ -63,6 +65,8 @@ class PretextConfig:
     max_iters: int = 350_000
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_gradients: float | None = None  # SolverParameter clip_gradients (the solver leaves Caffe's -1: off)
+    solver: Literal["sgd", "adam"] = "sgd"  # solver_cfn_jps.prototxt: SGD; "adam": Caffe's Adam (CaffeAdam)
     iter_size: int = 1                 # passes per update (Caffe iter_size); the global batch stays batch_size
     snapshot_iters: int = 5000         # solver snapshot
     display: int = 100                 # solver display
@@ -76,6 +80,12 @@ class PretextConfig:
             raise ValueError(f"fc8_outputs {self.fc8_outputs} must be positive.")
         if self.batch_size < 1 or self.iter_size < 1 or self.max_iters < 0:
             raise ValueError("batch_size and iter_size must be >= 1 and max_iters >= 0.")
+        if self.init not in INITS:
+            raise ValueError(f"init {self.init!r}; choose {' or '.join(INITS)}.")
+        if self.solver not in ("sgd", "adam"):
+            raise ValueError(f"solver {self.solver!r}; choose sgd or adam.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout {self.dropout} must lie in [0, 1).")
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -132,7 +142,7 @@ def cfn_config(config: PretextConfig, count: int) -> CFNConfig:
         raise ValueError(f"fc8_outputs {outputs} is smaller than the {count} permutations; every permutation needs "
                          "an output.")
     return CFNConfig(arch=config.arch, num_classes=outputs, fc6=config.fc6, fc7=config.fc7,
-                     tile_size=config.puzzle.tile)
+                     tile_size=config.puzzle.tile, dropout=config.dropout)
 
 
 def puzzle_loss(perms: torch.Tensor, puzzle: PuzzleConfig):
@@ -175,7 +185,7 @@ def train_pretext(images: str | os.PathLike[str], out_dir: str | os.PathLike[str
     """
     from jigsawpp.engine.distributed import barrier, init_distributed, is_main, resolve_device, world
     from jigsawpp.engine.loop import DatasetSource, train_loop
-    from jigsawpp.engine.solver import CaffeSGD, LRPolicy, param_specs
+    from jigsawpp.engine.solver import CaffeAdam, CaffeSGD, LRPolicy, param_specs
     from jigsawpp.outputs import prepare_output_dir
     from jigsawpp.permutations import encode_permutations_bin, save_permutations
     from jigsawpp.pretext.data import CropSource, crop_dataset, images_fingerprint, list_images
@@ -198,8 +208,10 @@ def train_pretext(images: str | os.PathLike[str], out_dir: str | os.PathLike[str
         save_permutations(perms, out / PERMUTATIONS_NAME)
     barrier()
     model = ContextFreeNetwork(cfn_config(config, len(perms)))
-    model.reset_parameters(torch.Generator().manual_seed(config.seed))
-    optimizer = CaffeSGD(param_specs(model), momentum=config.momentum, weight_decay=config.weight_decay)
+    model.reset_parameters(torch.Generator().manual_seed(config.seed), init=config.init)
+    solver = CaffeAdam if config.solver == "adam" else CaffeSGD
+    optimizer = solver(param_specs(model), momentum=config.momentum, weight_decay=config.weight_decay,
+                       clip_gradients=config.clip_gradients)
     policy = LRPolicy("step", base_lr=config.base_lr, gamma=config.gamma, stepsize=config.stepsize)
     dataset = crop_dataset(paths, config.puzzle, train=True, seed=config.seed)
     source = CropSource(DatasetSource(dataset, batch_size=per_pass, seed=config.seed, workers=config.workers,
@@ -278,7 +290,11 @@ def _write_provenance(out: Path, config: PretextConfig, perms: np.ndarray, perms
                       "VGG16 conv1_1..pool5 on 64-px tiles, MSRA init, then the AlexNet CFN head (fc6 1024 per tile, "
                       "fc7 4096): the paper does not publish its VGG16 tower head"),
             "amp": config.amp,
-            "solver": "solver_cfn_jps.prototxt (2016); Jigsaw++ ships none",
+            "solver": ("solver_cfn_jps.prototxt (2016); Jigsaw++ ships none" if config.solver == "sgd" and
+                       config.clip_gradients is None else f"{config.solver} (Caffe's {config.solver.upper()} solver), "
+                       f"clip_gradients {config.clip_gradients}: not the authors' SGD of solver_cfn_jps.prototxt"),
+            "init": ("the prototxt's fillers" if config.init == "caffe" else "MSRA (see ContextFreeNetwork."
+                     "reset_parameters): not the prototxt's gaussian fillers"),
         },
         "permutations": {"source": perms_source, "count": stats.count, "min_hamming": stats.min_distance,
                          "mean_hamming": stats.mean_distance, "sha256": config.permutations_sha256,

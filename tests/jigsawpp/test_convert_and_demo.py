@@ -98,7 +98,7 @@ def test_every_command_has_help():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    from jigsawpp.demo import SCRATCH, DetectionSettings, FinetuneSettings, demo_steps, run_demo
+    from jigsawpp.demo import SCRATCH, DetectionSettings, FinetuneSettings, PretextSettings, demo_steps, run_demo
     from jigsawpp.safezip import SafeZip
 
     messages: list[str] = []
@@ -107,13 +107,15 @@ def test_demo_runs_end_to_end(tmp_path):
     report = run_demo(out, progress=messages.append,
                       detection_settings=DetectionSettings(iterations=2, all_photos=False),
                       finetune_settings=FinetuneSettings(classification_iterations=2, segmentation_iterations=2,
-                                                         segmentation_side=64, all_photos=False))
+                                                         segmentation_side=64, all_photos=False),
+                      pretext_settings=PretextSettings(iterations=2, per_image=2))
     names = [step.name for step in report.steps]
     assert names == demo_steps() == [
         "build release-shaped zip", "inspect zip (jigsawpp info)", "convert zip + ONNX + ORT parity",
         "transfer model on a real photo", "write seeded caffemodel", "convert (caffe_import)",
         "load + run on a real photo", "parity vs OpenCV 4.x", "detection fine-tune (packaged VOC photos)",
-        "classification fine-tune (packaged VOC photos)", "FCN segmentation fine-tune (packaged VOC masks)"]
+        "classification fine-tune (packaged VOC photos)", "FCN segmentation fine-tune (packaged VOC masks)",
+        "Jigsaw++ pretext training (packaged photos)"]
     assert [m for m in messages if not m.startswith("  ")] == names  # each label announced as its step starts
     assert report.results["onnx_rel_err_transfer_conv1s4"] < 1e-4
     assert report.results["onnx_rel_err_pretext_conv1s2"] < 1e-4
@@ -149,6 +151,15 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / f"segmentation_{run}" / "iu.png").is_file()
         assert (out / f"classification_{run}" / "pr_curves.png").is_file()
     assert len(list((out / "segmentation_after" / "overlays").iterdir())) == 1
+
+    # pretext: held-out puzzle accuracy before and after, the curve and a puzzle figure kept, the weights not
+    pretext = out / "pretext"
+    assert {p.name for p in pretext.iterdir()} == {"training_curve.png", "train_log.jsonl", "provenance.json",
+                                                    "permutations.bin", "sample_run.json", "puzzles.png"}
+    sample = json.loads((pretext / "sample_run.json").read_text())
+    assert sample["iterations"] == 2 and sample["chance"] == 0.25
+    assert report.results["pretext_accuracy_after"] == sample["after"]["accuracy"]
+    assert f"{sample['after']['puzzles']} puzzles" in report.steps[-1].detail
 
     # what is left: no scratch, no weights or snapshots, under 500 MB, sizes in MB
     assert not (out / SCRATCH).exists() and report.scratch is None and report.scratch_mb > 500

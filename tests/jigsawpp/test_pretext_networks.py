@@ -124,3 +124,29 @@ def test_cfn_caffemodel_reads_back_identically(exported):
 def test_export_refuses_a_set_larger_than_fc8():
     with pytest.raises(ValueError, match="fc8 has 12 outputs but the permutation set has 13 rows"):
         write_release_zip(ContextFreeNetwork(SMALL), generate_permutations(13, seed=0), "unused.zip")
+
+
+@pytest.mark.parametrize("init", ["caffe", "msra"])
+def test_initial_weights_follow_the_named_fillers(init):
+    model = ContextFreeNetwork(CFNConfig(num_classes=12, fc6=256, fc7=512))
+    model.reset_parameters(torch.Generator().manual_seed(0), init=init)
+    tower = model.tower
+
+    def he(weight):  # Caffe's MSRAFiller, FAN_IN: fan_in = count / num_output (in_channels / groups x kernel area)
+        return float(np.sqrt(2.0 / (weight.numel() / weight.shape[0])))
+
+    if init == "caffe":  # train_val_cfn_jps++.prototxt
+        expected = {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv5": (0.01, 1.0), "fc6": (0.005, 1.0),
+                    "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)}
+    else:
+        expected = {"conv1": (he(tower.conv1.weight) / 50.0, 0.0), "conv2": (he(tower.conv2.weight), 0.0),
+                    "conv5": (he(tower.conv5.weight), 0.0), "fc6": (he(model.fc6.weight), 0.0),
+                    "fc7": (he(model.fc7.weight), 0.0), "fc8": (0.01, 0.0)}
+    layers = {"conv1": tower.conv1, "conv2": tower.conv2, "conv5": tower.conv5, "fc6": model.fc6, "fc7": model.fc7,
+              "fc8": model.fc8}
+    for name, (std, bias) in expected.items():
+        weight = layers[name].weight.detach().double()
+        assert float(weight.std()) == pytest.approx(std, rel=0.05), (init, name)
+        assert torch.all(layers[name].bias == bias), (init, name)
+    with pytest.raises(ValueError, match="init 'he'"):
+        model.reset_parameters(init="he")

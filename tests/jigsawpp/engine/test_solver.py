@@ -11,7 +11,7 @@ import torch
 from reference.caffe_sgd import SGDSolverReference
 from torch import nn
 
-from jigsawpp.engine.solver import LR_POLICIES, CaffeSGD, LRPolicy, param_specs, step_lr
+from jigsawpp.engine.solver import LR_POLICIES, CaffeAdam, CaffeSGD, LRPolicy, param_specs, step_lr
 
 POLICY_FIELDS = {
     "fixed": {},
@@ -140,3 +140,52 @@ def test_histories_round_trip_and_missing_gradients_decay():
         opt2.load_histories({"v": torch.zeros(3)})
     with pytest.raises(ValueError, match="shape"):
         opt2.load_histories({"w": torch.zeros(4)})
+
+
+def _adam_reference(w, g, m, v, t, *, rate, lr_mult, decay, beta1=0.9, beta2=0.999, delta=1e-8):
+    """float64 port of adam_solver.cpp ComputeUpdateValue (after Regularize), t 1-based; returns new w, m, v."""
+    g = g + decay * w
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    correction = np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    return w - rate * lr_mult * correction * m / (np.sqrt(v) + delta), m, v
+
+
+def test_caffe_adam_matches_adam_solver_and_resumes():
+    rng = np.random.RandomState(1)
+    shapes, mults = [(4, 3), (4,)], [(1.0, 1.0), (2.0, 0.0)]
+    init = [rng.normal(size=s) for s in shapes]
+    params = [nn.Parameter(torch.tensor(a, dtype=torch.float32)) for a in init]
+    specs = list(param_specs(nn.ParameterDict({f"b{i}": p for i, p in enumerate(params)})))
+    specs = [type(s)(s.name, s.layer, s.parameter, *m) for s, m in zip(specs, mults)]
+    opt = CaffeAdam(specs, momentum=0.9, weight_decay=0.01)
+    ref = [(w, np.zeros_like(w), np.zeros_like(w)) for w in init]
+    saved, later = None, []
+    for t in range(1, 7):
+        diffs = [rng.normal(scale=0.3, size=s) for s in shapes]
+        later += [diffs] if t > 3 else []
+        for p, d in zip(params, diffs):
+            p.grad = torch.tensor(d, dtype=torch.float32)
+        opt.step(0.05)
+        ref = [_adam_reference(w, d, m, v, t, rate=0.05, lr_mult=lm, decay=0.01 * dm)
+               for (w, m, v), d, (lm, dm) in zip(ref, diffs, mults)]
+        for i, p in enumerate(params):
+            np.testing.assert_allclose(p.detach().double().numpy(), ref[i][0], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"blob {i} after update {t}")
+        if t == 3:
+            saved = ({k: v.clone() for k, v in opt.histories().items()}, [p.detach().clone() for p in params])
+    assert saved is not None and int(saved[0]["adam_t"]) == 3 and set(saved[0]) == {"adam_t", "b0/m", "b0/v",
+                                                                                    "b1/m", "b1/v"}
+    resumed = [nn.Parameter(w) for w in saved[1]]  # a new solver from the saved state replays updates 4-6 exactly
+    again = CaffeAdam([type(s)(s.name, s.layer, p, s.lr_mult, s.decay_mult) for s, p in zip(specs, resumed)],
+                      momentum=0.9, weight_decay=0.01)
+    again.load_histories(saved[0])
+    for diffs in later:
+        for p, d in zip(resumed, diffs):
+            p.grad = torch.tensor(d, dtype=torch.float32)
+        again.step(0.05)
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(resumed, params))
+    with pytest.raises(KeyError, match="does not train"):
+        opt.load_histories({"c/m": torch.zeros(3)})
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_histories({"adam_t": torch.tensor(1), "b1/m": torch.zeros(3), "b1/v": torch.zeros(3)})
