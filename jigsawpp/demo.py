@@ -19,12 +19,14 @@ downloaded here):
    photos before and after (kept: its training curve, log, provenance and a figure of held-out puzzles).
 Each step is timed and returned; the CLI prints the table.
 
-What stays in the output folder (about 400 MB, see `DemoReport.kept_mb`): the zip and its conversion, the sample
-VOC folder, and per detection run its scores, PR curves, devkit results files, config, training log and one picture
-per image with the ground truth beside the detections, plus ``demo_report.json``. Everything else (the CaffeNet
-caffemodel and its conversion, the detectors' weights, solver snapshots with their momentum, the proposal cache)
-is scratch, written to ``<out>/scratch/`` and removed at the end unless ``keep_scratch``. Sizes are in MB (10^6
-bytes), as `jigsawpp info` prints them.
+What stays in the output folder (about 400 MB, see `DemoReport.kept_mb`): the zip and its conversion, the sample VOC
+folder, per detection run its scores, PR curves, devkit results files, config, training log and one picture per
+image with the ground truth beside the detections, the classification and segmentation runs' scores, curves and
+overlays, the pretext run's curve, puzzles figure and provenance, plus ``demo_report.json``. Everything else (the
+CaffeNet caffemodel and its conversion, the detectors' weights, solver snapshots with their momentum, the proposal
+cache) is scratch, written to ``<out>/scratch/`` and removed as soon as the part that wrote it has finished (the
+CaffeNet check, then each fine-tuning run), so the disk holds one part's weights at a time; ``keep_scratch`` keeps
+it all. Sizes are in MB (10^6 bytes), as `jigsawpp info` prints them.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class DemoReport:
     steps: list[Step] = field(default_factory=list)
     results: dict[str, object] = field(default_factory=dict)
     kept_mb: float = 0.0                 # what the demo leaves in out_dir, MB (10^6 bytes)
-    scratch_mb: float = 0.0              # the scratch folder's size at the end, MB
+    scratch_mb: float = 0.0              # scratch written in all, MB (removed part by part unless kept)
     scratch: Path | None = None          # where the scratch folder was kept (keep_scratch), else None
 
 
@@ -165,21 +167,40 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         detail = fn()
         report.steps.append(Step(name, time.perf_counter() - start, detail))
 
+    removed_mb = 0.0  # scratch of finished parts, removed as soon as nothing later reads it
+
+    def done_with_scratch() -> None:
+        """No later step reads what is in scratch now: unless it is kept, remove it, so that the disk holds one
+        part's weights and snapshots at a time (the CaffeNet check, then each fine-tuning run)."""
+        nonlocal removed_mb
+        if keep_scratch:
+            return
+        for path in list(scratch.iterdir()):
+            removed_mb += folder_mb(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     try:
         if release:
             _release_steps(out_dir, seed=seed, timed=timed, say=say, report=report)
         _caffenet_steps(scratch, seed=seed, timed=timed, report=report)
+        done_with_scratch()
         if release and detection:
             timed(DETECTION_STEP, lambda: _detection_step(out_dir, scratch, report, detection_settings, say=say,
                                                           bars=bars, device=device))
+            done_with_scratch()
             timed(CLASSIFICATION_STEP, lambda: _classification_step(out_dir, scratch, report, finetune_settings,
                                                                     say=say, device=device))
+            done_with_scratch()
             timed(SEGMENTATION_STEP, lambda: _segmentation_step(out_dir, scratch, report, finetune_settings,
                                                                 say=say, device=device))
+            done_with_scratch()
             timed(PRETEXT_STEP, lambda: _pretext_step(out_dir, scratch, report, pretext_settings, say=say,
                                                       device=device))
     finally:
-        report.scratch_mb = folder_mb(scratch)
+        report.scratch_mb = folder_mb(scratch) + removed_mb
         if keep_scratch:
             report.scratch = scratch
         else:

@@ -103,8 +103,15 @@ def test_demo_runs_end_to_end(tmp_path):
 
     messages: list[str] = []
     out = tmp_path / "demo"
+    scratch_at_start: dict[str, list[str]] = {}
+
+    def progress(message: str) -> None:
+        messages.append(message)
+        if not message.startswith("  "):
+            scratch_at_start[message] = sorted(p.name for p in (out / SCRATCH).iterdir())
+
     # every step, the detection one with the demo's own scaled-down Fast R-CNN for 2 iterations on one photo
-    report = run_demo(out, progress=messages.append,
+    report = run_demo(out, progress=progress,
                       detection_settings=DetectionSettings(iterations=2, all_photos=False),
                       finetune_settings=FinetuneSettings(classification_iterations=2, segmentation_iterations=2,
                                                          segmentation_side=64, all_photos=False),
@@ -163,6 +170,12 @@ def test_demo_runs_end_to_end(tmp_path):
 
     # what is left: no scratch, no weights or snapshots, under 500 MB, sizes in MB
     assert not (out / SCRATCH).exists() and report.scratch is None and report.scratch_mb > 500
+    # each part's scratch (weights, snapshots) is gone before the next part starts: one part on disk at a time
+    from jigsawpp.demo import CLASSIFICATION_STEP, DETECTION_STEP, PRETEXT_STEP, SEGMENTATION_STEP
+
+    assert "caffenet_seeded.caffemodel" in scratch_at_start["parity vs OpenCV 4.x"]
+    for step in (DETECTION_STEP, CLASSIFICATION_STEP, SEGMENTATION_STEP, PRETEXT_STEP):
+        assert scratch_at_start[step] == [], (step, scratch_at_start[step])
     left = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert not [p for p in out.rglob("*") if p.suffix in (".caffemodel", ".pt") or p.name == "checkpoints"]
     assert left < 500e6 and report.kept_mb == pytest.approx(left / 1e6, rel=0.01)
