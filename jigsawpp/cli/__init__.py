@@ -162,17 +162,18 @@ def export(model: Path, caffemodel: Path | None, variant: str, out: Path, opset:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Folder for the demo's files (about 400 MB are left; scratch such as "
-                                      "detector weights and solver snapshots goes to OUT/scratch and is removed).")
+              show_default=True, help="Folder for the demo's files (about 380 MB are left; scratch such as "
+                                      "fine-tuned weights and solver snapshots goes to OUT/scratch and is removed "
+                                      "part by part: 1.9 GB of disk at the peak).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stand-in weights.")
 @click.option("--no-release", is_flag=True, help="Skip the release-zip and detection parts (only the CaffeNet/OpenCV "
                                                   "check).")
 @click.option("--no-detection", is_flag=True,
               help="Skip the short training steps (Fast R-CNN, VOC classification, FCN, Jigsaw++ pretext; most "
                    "of the time).")
-@click.option("--keep-scratch", is_flag=True, help="Keep OUT/scratch (CaffeNet caffemodel and conversion, detector "
-                                                    "weights, solver snapshots with momentum; about 2 GB).")
-@click.option("--device", default=None, help="torch device of the detection step (default: cuda if available).")
+@click.option("--keep-scratch", is_flag=True, help="Keep OUT/scratch (CaffeNet caffemodel and conversion, fine-tuned "
+                                                    "weights, solver snapshots with momentum; about 4.5 GB).")
+@click.option("--device", default=None, help="torch device of the training steps (default: cuda if available).")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def demo(out_dir: Path, seed: int, no_release: bool, no_detection: bool, keep_scratch: bool, device: str | None,
          overwrite: bool) -> None:
