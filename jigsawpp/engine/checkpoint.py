@@ -9,7 +9,7 @@ Layout::
                                                 Python's global generator states as JSON in its metadata
         state.json                              iteration, world size, config, data fingerprint, data-source state
 
-A checkpoint is assembled in ``.iter_XXXXXXX.partial`` and renamed when complete, then ``latest.json`` is replaced
+A checkpoint is assembled in ``.iter_NNNNNNN.partial`` and renamed when complete, then ``latest.json`` is replaced
 (atomically), then all but the newest `keep` checkpoints are deleted: a run killed at any moment leaves the previous
 checkpoint intact and named by ``latest.json``. Under torchrun every rank calls `save_checkpoint` (each writes its
 RNG state; rank 0 writes the rest) and `load_checkpoint` (each restores its own RNG state).
