@@ -78,16 +78,25 @@ def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str, resume: bool = False) -> Path:
+# What a resumable command writes into its folder before its first iteration (its run record, its checkpoints, the
+# pretext run's permutation set): a non-empty folder without any of them is someone else's (a dataset, photos,
+# notes) and is never written into.
+RUN_MARKERS = ("config.json", "provenance.json", "stamp.json", "scores.json", "reproduce.json", "checkpoints",
+               "permutations.bin")
+
+
+def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str, resume: bool = False,
+                       markers: tuple[str, ...] = RUN_MARKERS) -> Path:
     """Make `path` ready to be written in place and return it (created with its parents).
 
     Args:
         overwrite: an existing non-empty folder is emptied (the user asked to start over).
         what: what the folder is for, e.g. "detection output" (used in messages).
-        resume: accept an existing non-empty folder as it is (a resumable command continuing its own run).
-            `overwrite` wins over `resume`.
+        resume: accept an existing non-empty folder as it is (a resumable command continuing its own run), if
+            it holds one of `markers` (default `RUN_MARKERS`). `overwrite` wins over `resume`.
     Raises:
-        OutputDirError: `path` is a file, lies under a file, or is a non-empty folder without `overwrite`/`resume`.
+        OutputDirError: `path` is a file, lies under a file, or is a non-empty folder without `overwrite`, and
+            without `resume` or any of `markers`.
     """
     path = Path(path)
     _refuse_file_ancestors(path, what)
@@ -102,6 +111,10 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: s
         elif not resume:
             raise OutputDirError(f"{what}: {path} exists and is not empty; choose another folder or pass "
                                  "--overwrite to replace it.")
+        elif not any((path / name).exists() for name in markers):
+            raise OutputDirError(f"{what}: {path} is not empty and holds no earlier run to resume (none of "
+                                 f"{', '.join(markers)}); choose another folder or pass --overwrite to replace "
+                                 "its content.")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -121,6 +121,23 @@ def _flag_text(param: click.Option, value: str) -> str:
     return f"{flag} {value.strip(chr(39) + chr(34))}"
 
 
+_WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Warning): ")
+
+
+def _worker_message(text: str) -> str:
+    """torch's DataLoader re-raises a worker's exception with the worker's whole traceback as its message ("Caught
+    ImageReadError in DataLoader worker process 1. Original Traceback ..."): keep only the original message, the
+    text after ``module.ErrorType: `` on the traceback's last lines."""
+    if not _WORKER_PREFIX.match(text):
+        return text
+    lines = text.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if _EXCEPTION_LINE.match(lines[i]):
+            return " ".join([_EXCEPTION_LINE.sub("", lines[i]), *lines[i + 1:]])
+    return lines[-1]
+
+
 def user_message(exc: BaseException, command: click.Command | None = None) -> str:
     """The one line shown for `exc`, with the library's keyword arguments spelled as `command`'s flags."""
     if isinstance(exc, OSError):
@@ -128,7 +145,7 @@ def user_message(exc: BaseException, command: click.Command | None = None) -> st
     elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         message = exc.args[0]  # str(KeyError) would quote the sentence
     else:
-        message = str(exc) or type(exc).__name__
+        message = _worker_message(str(exc)) or type(exc).__name__
     message = " ".join(message.split())  # one line, whatever the library wrapped
     if command is None:
         return message

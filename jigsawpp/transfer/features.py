@@ -160,7 +160,8 @@ def extract_features(extractor: Extractor, images: ImageList, out: str | os.Path
     if rank == 0:
         from jigsawpp.outputs import prepare_output_dir
 
-        prepare_output_dir(out, overwrite=overwrite, what="feature folder", resume=True)
+        prepare_output_dir(out, overwrite=overwrite, what="feature folder", resume=True,
+                           markers=(MANIFEST, "progress", "features.npy"))
     barrier()
     manifest = _open_or_create(out, identity, images, config, extractor.dim, rank=rank, world_size=world_size,
                                barrier=barrier, on_create=on_create)

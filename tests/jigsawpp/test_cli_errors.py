@@ -429,3 +429,45 @@ def test_a_training_command_continues_its_own_folder_only(tmp_path):
     (run / "config.json").write_text("[1, 2]")
     with pytest.raises(OutputDirError, match="is not an evaluation's"):
         refuse_foreign_output(run, command="eval x", protocol="x", overwrite=False)
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line():
+    """torch re-raises a worker's exception with the worker's traceback as the message; the line keeps the message."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from jigsawpp.cli.errors import user_message
+    from jigsawpp.data import ImageReadError
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            raise ImageReadError(f"photos/{index}.jpg: truncated JPEG (no end-of-image marker);\nre-download it.")
+
+    with pytest.raises(ImageReadError) as caught:
+        list(DataLoader(Broken(), num_workers=1))
+    assert "Original Traceback" in str(caught.value)  # what torch makes of it
+    assert user_message(caught.value) == "photos/0.jpg: truncated JPEG (no end-of-image marker); re-download it."
+    assert user_message(ValueError("Caught nothing here")) == "Caught nothing here"
+
+
+def test_a_training_command_never_writes_into_a_folder_of_other_files(tmp_path):
+    """pretext train into a folder of the user's photos: one Error line, nothing written beside them."""
+    import shutil
+
+    from jigsawpp.pretext.sample_run import packaged_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in packaged_photos()[:2]:
+        shutil.copy(photo, photos / photo.name)
+    (photos / "notes.txt").write_text("mine")
+    mine = sorted(p.name for p in photos.iterdir())
+    result = CliRunner().invoke(main, ["pretext", "train", "--data", str(photos), "--out", str(photos),
+                                       "--max-iters", "1", "--device", "cpu", "--no-progress"])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "holds no earlier run to resume" in errors[0], result.output
+    assert sorted(p.name for p in photos.iterdir()) == mine

@@ -23,11 +23,21 @@ def test_prepare_refuses_non_empty_unless_overwrite_or_resume(tmp_path):
     out = tmp_path / "run"
     assert prepare_output_dir(out, overwrite=False, what="probe output") == out and out.is_dir()
     prepare_output_dir(out, overwrite=False, what="probe output")  # empty: fine
-    (out / "log.txt").write_text("earlier run")
+    (out / "notes.txt").write_text("the user's own file")
     with pytest.raises(OutputDirError, match=r"probe output: .*run exists and is not empty.*--overwrite"):
         prepare_output_dir(out, overwrite=False, what="probe output")
-    prepare_output_dir(out, overwrite=False, what="probe output", resume=True)
-    assert (out / "log.txt").is_file()
+    # a resumable command continues only a folder that holds an earlier run (its run record or checkpoints)
+    with pytest.raises(OutputDirError, match=r"probe output: .*run is not empty and holds no earlier run to resume "
+                                             r"\(none of config.json, .*checkpoints.*--overwrite"):
+        prepare_output_dir(out, overwrite=False, what="probe output", resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written beside the user's file
+    for marker in ("config.json", "checkpoints", "permutations.bin"):
+        run = tmp_path / f"run_{marker}"
+        run.mkdir()
+        (run / marker).mkdir() if marker == "checkpoints" else (run / marker).write_text("{}")
+        (run / "train_log.jsonl").write_text("")
+        prepare_output_dir(run, overwrite=False, what="probe output", resume=True)
+        assert (run / "train_log.jsonl").is_file()
     prepare_output_dir(out, overwrite=True, what="probe output", resume=True)
     assert out.is_dir() and not any(out.iterdir())
 
