@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from jigsawpp.io import atomic_path
 from jigsawpp.label_files import PseudoLabels
 from jigsawpp.models import CaffeAlexNet
 from jigsawpp.transfer.network import deploy_text, write_caffemodel
@@ -46,9 +46,9 @@ def write_release_zip(path: str | os.PathLike[str], *, model: CaffeAlexNet, name
               f"4{', fc8 ' + str(model.config.num_classes) + ' clusters' if model.config.num_classes else ''}).\n"
               "Input: BGR, 0-255, minus the mean B 104, G 117, R 123 (the CaffeNet convention).")
     deploy = deploy_text(model.config, name=name, header=header)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = atomic_path(path)  # the user's umask, as every other output (mkstemp would make it 0600)
     os.close(fd)
-    weights = Path(tmp).with_suffix(".caffemodel")
+    weights = tmp.with_suffix(".caffemodel")
     try:
         write_caffemodel(model, deploy, weights)
         with zipfile.ZipFile(tmp, "w") as zf:
@@ -60,7 +60,7 @@ def write_release_zip(path: str | os.PathLike[str], *, model: CaffeAlexNet, name
             zf.writestr(f"{name}/README.txt", description.rstrip() + "\n", compress_type=zipfile.ZIP_DEFLATED)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         weights.unlink(missing_ok=True)

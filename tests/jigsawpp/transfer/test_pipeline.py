@@ -7,6 +7,7 @@ when run again. The feature-regression baseline trains and packs its conv layers
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -118,6 +119,9 @@ def test_transfer_run_learns_the_clusters_packs_a_release_and_skips_done_stages(
     changed = CliRunner().invoke(main, [a if a != "10" else "12" for a in args])
     assert changed.exit_code == 1 and "k: 10 in the folder, 12 now" in changed.output
     assert "Traceback" not in changed.output
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "cc" / "cc_digits.zip").stat().st_mode & 0o777 == 0o666 & ~umask  # the user's umask, not 0600
     manifest = convert_release(out / "cc" / "cc_digits.zip", tmp_path / "converted", onnx=False)
     assert manifest["pseudo_labels"]["train"]["count"] == 300 and manifest["pseudo_labels"]["val"]["count"] == 60
     converted = from_release(tmp_path / "converted").state_dict()
