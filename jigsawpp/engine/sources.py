@@ -157,8 +157,9 @@ class DatasetSource:
         self.size = len(dataset)  # type: ignore[arg-type]
         self.rank, self.world_size = world()
         if batch_size < 1 or self.size < batch_size * self.world_size:
-            raise ValueError(f"DatasetSource: {self.size} items cannot fill a batch of {batch_size} x "
-                             f"{self.world_size} processes.")
+            raise ValueError(f"the training data has {self.size} items, fewer than one batch of {batch_size} x "
+                             f"{self.world_size} process(es); give more data or a smaller batch (--batch-size or "
+                             "--set batch_size=N, recorded as a deviation).")
         self.batch_size = batch_size
         self.seed = int(seed)
         self.shuffle = shuffle
