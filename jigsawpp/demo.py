@@ -148,17 +148,43 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, progress: Callable[[str], No
         keep_scratch: keep ``out_dir/scratch`` (weights, snapshots, caches) instead of removing it at the end.
         bars: show the detection step's own progress bars (training iterations and loss, testing).
         device: where the detection step trains and tests (default: CUDA when available, else the CPU).
+    A failed or interrupted run removes what it wrote (the demo does not resume).
+
     Raises:
         jigsawpp.outputs.OutputDirError: `out_dir` cannot be used (non-empty without `overwrite`, a file, ...).
     """
-    from jigsawpp.io import write_json_atomic
     from jigsawpp.outputs import prepare_output_dir
 
+    created = not Path(out_dir).exists()
     out_dir = prepare_output_dir(out_dir, overwrite=overwrite, what="--out")
+    try:
+        return _run_demo(out_dir, seed=seed, say=progress or (lambda _msg: None), release=release,
+                         detection=detection, detection_settings=detection_settings,
+                         finetune_settings=finetune_settings, pretext_settings=pretext_settings,
+                         keep_scratch=keep_scratch, bars=bars, device=device)
+    except BaseException:
+        # the demo does not resume: a failed or interrupted run leaves nothing (a re-run would refuse a half-written
+        # folder); a folder the user named and --overwrite emptied stays, empty
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            for entry in out_dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
+def _run_demo(out_dir: Path, *, seed: int, say: Callable[[str], None], release: bool, detection: bool,
+              detection_settings: DetectionSettings, finetune_settings: FinetuneSettings,
+              pretext_settings: PretextSettings, keep_scratch: bool, bars: bool,
+              device: str | torch.device | None) -> DemoReport:
+    from jigsawpp.io import write_json_atomic
+
     scratch = out_dir / SCRATCH
     scratch.mkdir()
     report = DemoReport(out_dir=out_dir)
-    say = progress or (lambda _msg: None)
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
 
     def timed(name: str, fn: Callable[[], str]) -> None:

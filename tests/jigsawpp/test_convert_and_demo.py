@@ -182,3 +182,22 @@ def test_demo_runs_end_to_end(tmp_path):
     saved = json.loads((out / "demo_report.json").read_text())
     assert [s["name"] for s in saved["steps"]] == names and saved["kept_mb"] == pytest.approx(report.kept_mb, abs=0.1)
     assert "MiB" not in "".join(step.detail for step in report.steps)
+
+
+def test_an_interrupted_demo_leaves_nothing(tmp_path):
+    """The demo does not resume: Ctrl-C in the middle removes what it wrote, so the same command runs again."""
+    from jigsawpp.demo import run_demo
+
+    def interrupt(message: str) -> None:
+        if message.startswith("convert zip"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "demo"
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(out, progress=interrupt, detection=False)
+    assert not out.exists()
+    out.mkdir()
+    (out / "old.txt").write_text("replaced")
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(out, progress=interrupt, detection=False, overwrite=True)
+    assert out.is_dir() and not any(out.iterdir())
