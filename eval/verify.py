@@ -281,10 +281,9 @@ def verify(model_dir: str | os.PathLike[str], results: Sequence[str | os.PathLik
         VerifyError: an unknown method, a result of another model, or a file that is no result we know.
         FileNotFoundError: the model's manifest or a scores.json is missing.
     """
-    from jigsawpp.convert import model_manifest_path
-    from jigsawpp.io import sha256_file
+    from jigsawpp.convert import manifest_sha256, model_manifest_path
 
-    model_sha = sha256_file(model_manifest_path(model_dir))
+    model_sha = manifest_sha256(model_manifest_path(model_dir))
     given = method is not None
     method = method or paper_method_of(model_dir)
     _check_method(method, model_dir, given=given)

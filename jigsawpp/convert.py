@@ -16,6 +16,7 @@ safetensors file with the other keys as aliases, so a reload is exact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -130,8 +131,27 @@ def model_manifest_path(model_dir: str | os.PathLike[str]) -> Path:
                             "one of its variant folders).")
 
 
+# Manifest entries that differ between two conversions of the same inputs (how long it took).
+VOLATILE_MANIFEST_KEYS = ("seconds",)
+
+
+def manifest_sha256(manifest: str | os.PathLike[str]) -> str:
+    """The identity of a converted model: sha256 of its manifest.json as canonical JSON (sorted keys, no spaces),
+    without `VOLATILE_MANIFEST_KEYS`, so that converting the same zip again gives the same identity. The manifest
+    holds the sha256 of every input file, the variants and their weights, so any other difference changes it.
+
+    Raises:
+        OSError, ValueError: the file cannot be read or is not a JSON object.
+    """
+    data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{manifest}: not a JSON object; is it a `jigsawpp convert` manifest?")
+    kept = {k: v for k, v in data.items() if k not in VOLATILE_MANIFEST_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def model_record(model_dir: str | os.PathLike[str]) -> dict[str, str]:
     """What a result stamp records about the converted model it was computed from (its ``"model"`` entry):
-    ``{"folder": name as given, "manifest_sha256": sha256 of the manifest.json file}``."""
+    ``{"folder": name as given, "manifest_sha256": manifest_sha256 of its manifest.json}``."""
     manifest = model_manifest_path(model_dir)
-    return {"folder": Path(model_dir).name, "manifest_sha256": sha256_file(manifest)}
+    return {"folder": Path(model_dir).name, "manifest_sha256": manifest_sha256(manifest)}

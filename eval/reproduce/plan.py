@@ -128,7 +128,9 @@ def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Se
         raise ValueError(f"--method {method!r} is not a row of the paper's tables; known rows: "
                          f"{', '.join(known_methods())}.")
     model = Path(model_dir)
-    manifest_path, raw, _ = _manifest(model)
+    manifest_path, _, _ = _manifest(model)
+    from jigsawpp.convert import manifest_sha256
+
     overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     groups = {j.group for j in JOBS.values()}
     unknown = sorted(k for k in overrides if k not in JOBS and k not in groups)
@@ -153,7 +155,7 @@ def make_plan(model_dir: str | os.PathLike[str], datasets: Datasets, *, only: Se
             raise KeyError(f"{job.name}: {text}") from None
         planned.append(PlannedJob(job.name, settings, _processes(job, settings, gpus_per_job),
                                   job.estimate(settings, datasets)))
-    return Plan(model_dir=model, manifest=manifest_path, model_sha256=hashlib.sha256(raw).hexdigest(),
+    return Plan(model_dir=model, manifest=manifest_path, model_sha256=manifest_sha256(manifest_path),
                 method=method or paper_method_of(model), datasets=datasets, scale=scale, overrides=overrides,
                 jobs=tuple(planned), skipped=tuple(skipped))
 

@@ -101,6 +101,19 @@ def test_a_variant_folder_is_the_release_s_model(tmp_path):
     assert model_record(root)["manifest_sha256"] == model_record(root / "transfer_conv1s4")["manifest_sha256"]
 
 
+def test_the_model_identity_ignores_how_long_the_conversion_took(tmp_path):
+    """Converting the same zip again changes only the manifest's "seconds": its results still verify; any other
+    difference (an input file's sha256) is another model."""
+    from jigsawpp.convert import manifest_sha256
+
+    data = {"inputs": {"caffemodel": {"sha256": "a" * 64}}, "variants": {"transfer_conv1s4": {}}, "seconds": 1.57}
+    (tmp_path / "one.json").write_text(json.dumps(data))
+    (tmp_path / "two.json").write_text(json.dumps({**data, "seconds": 3.15}, indent=2))
+    (tmp_path / "other.json").write_text(json.dumps({**data, "inputs": {"caffemodel": {"sha256": "b" * 64}}}))
+    assert manifest_sha256(tmp_path / "one.json") == manifest_sha256(tmp_path / "two.json")
+    assert manifest_sha256(tmp_path / "one.json") != manifest_sha256(tmp_path / "other.json")
+
+
 def test_an_unknown_method_is_refused_with_the_paper_s_rows(tmp_path, model):
     _scores(tmp_path / "r.json", model_dir=model)
     with pytest.raises(VerifyError, match=r"'CC\+Jigsaw\+\+ ', which .*known rows: Supervised, CC\+HOG, Random"):

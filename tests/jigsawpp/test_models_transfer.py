@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from jigsawpp.convert import manifest_sha256
 from jigsawpp.io import save_state_dict_file, sha256_file
 from jigsawpp.transfer_weights import TRANSFER_CHOICES, transfer_weights
 
@@ -37,7 +38,7 @@ def test_conv_is_the_default_and_conv_fc_takes_fc6_fc7(tmp_path):
         transfer_weights(folder, layers="conv+fc")
     record = conv.record()
     assert record["transfer"] == "conv" and record["fc6_fc7"] == "not transferred"
-    assert record["model"]["manifest_sha256"] == sha256_file(folder / "manifest.json") == conv.manifest_sha256
+    assert record["model"]["manifest_sha256"] == manifest_sha256(folder / "manifest.json") == conv.manifest_sha256
     assert record["weights_sha256"] == sha256_file(folder / "model.safetensors")
 
 
