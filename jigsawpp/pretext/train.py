@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from jigsawpp.config_fields import refuse_unknown
+from jigsawpp.config_fields import coerce, matches, refuse_unknown
 from jigsawpp.pretext.networks import INITS, Arch, CFNConfig, ContextFreeNetwork, Init
 from jigsawpp.puzzle import PuzzleConfig, make_puzzles
 
@@ -103,12 +104,28 @@ class PretextConfig:
 
     def with_overrides(self, overrides: dict[str, object]) -> PretextConfig:
         """`overrides` by name; "puzzle.<field>" sets a puzzle field. Unknown names are an error."""
-        top = {k: v for k, v in overrides.items() if not k.startswith("puzzle.")}
-        nested = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("puzzle.")}
+        top = _typed(PretextConfig, {k: v for k, v in overrides.items() if not k.startswith("puzzle.")}, "")
+        nested = _typed(PuzzleConfig, {k.split(".", 1)[1]: v for k, v in overrides.items()
+                                       if k.startswith("puzzle.")}, "puzzle.")
         merged = self.to_dict()
         merged.update(top)
         merged["puzzle"] = {**self.puzzle.to_dict(), **nested}
         return PretextConfig.from_dict(merged)
+
+
+def _typed(cls: type, values: dict[str, object], prefix: str) -> dict[str, object]:
+    """`values` with JSON's ints made floats where `cls` wants a float; a value of another type than its field's is
+    a ValueError naming the setting (unknown names are left to `from_dict`)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        hint = hints.get(key)
+        if hint is not None and key != "puzzle":
+            value = coerce(value, hint)
+            if not matches(value, hint):
+                raise ValueError(f"setting {prefix}{key} = {value!r} does not have the type {hint}.")
+        out[key] = value
+    return out
 
 
 @dataclass(frozen=True)

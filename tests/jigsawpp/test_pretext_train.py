@@ -148,3 +148,14 @@ def test_cpu_check_learns_on_held_out_photos(tmp_path):
     assert "not the authors'" in provenance["choices"]["solver"] and "not the prototxt" in provenance["choices"]["init"]
     saved = json.loads((tmp_path / "check" / "sample_run.json").read_text())
     assert saved["after"]["accuracy"] == sample.after.accuracy and saved["iterations"] == 300
+
+
+def test_overrides_of_the_wrong_type_are_one_sentence():
+    """`--set puzzle.tile=abc` named the setting only after a TypeError deep in PuzzleConfig; now up front, and JSON's
+    ints still set float settings."""
+    with pytest.raises(ValueError, match=r"setting puzzle.tile = 'abc' does not have the type"):
+        PretextConfig().with_overrides({"puzzle.tile": "abc"})
+    with pytest.raises(ValueError, match=r"setting arch = 'resnet'"):
+        PretextConfig().with_overrides({"arch": "resnet"})
+    config = PretextConfig().with_overrides({"base_lr": 1, "puzzle.grey_prob": 0})
+    assert config.base_lr == 1.0 and isinstance(config.base_lr, float) and config.puzzle.grey_prob == 0.0
