@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -178,16 +179,24 @@ def eval_cmd(model: Path, data: Path, perms_file: Path | None, per_image: int, b
     from jigsawpp.pretext.train import PERMUTATIONS_NAME, PROVENANCE_NAME
     from jigsawpp.puzzle import PuzzleConfig
 
+    if out is not None:  # refuse an --out that cannot be written before the evaluation, not after it
+        folder = out.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if out.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise click.ClickException(f"--out {out}: cannot write this file ({folder} is not a writable folder "
+                                       f"or {out} is a folder); choose another location.")
+    run_dir = model if model.is_dir() else model.parent  # a training folder, or the folder of its model file
     try:
         if perms_file is None:
-            if not (model.is_dir() and (model / PERMUTATIONS_NAME).is_file()):
+            if not (run_dir / PERMUTATIONS_NAME).is_file():
                 raise ValueError("give --permutations FILE: the set the model was trained with.")
-            perms_file = model / PERMUTATIONS_NAME
+            perms_file = run_dir / PERMUTATIONS_NAME
         perms = load_permutations(perms_file)
         network = model_from_path(model)
         puzzle = PuzzleConfig()
-        if model.is_dir() and (model / PROVENANCE_NAME).is_file():  # the puzzles the model was trained on
-            puzzle = PuzzleConfig.from_dict(json.loads((model / PROVENANCE_NAME).read_text())["config"]["puzzle"])
+        if (run_dir / PROVENANCE_NAME).is_file():  # the puzzles the model was trained on
+            puzzle = PuzzleConfig.from_dict(json.loads((run_dir / PROVENANCE_NAME).read_text())["config"]["puzzle"])
         result = evaluate_puzzles(network, list_images(data), perms, config=puzzle, per_image=per_image,
                                   batch_size=batch_size, seed=seed, device=resolve_device(device), workers=workers,
                                   progress=True)

@@ -119,6 +119,18 @@ def test_cli_commands(runs, photo_lists, tmp_path):
                                   "--per-image", "1", "--workers", "0", "--out", str(tmp_path / "acc.json")])
     assert result.exit_code == 0, result.output
     assert "puzzle accuracy" in result.output and json.loads((tmp_path / "acc.json").read_text())["puzzles"] > 0
+    # the model file of a training folder: its permutations and puzzle settings are found beside it
+    by_file = runner.invoke(main, ["pretext", "eval", "--model", str(rest.out_dir / "model.safetensors"), "--data",
+                                   str(photo_lists[1]), "--per-image", "1", "--workers", "0"])
+    assert by_file.exit_code == 0, by_file.output
+    def accuracies(output: str) -> list[str]:
+        return re.findall(r"puzzle accuracy [\d.]+ on .*|\d occluder\(s\): .*", output)
+
+    assert accuracies(by_file.output) == accuracies(result.output) and accuracies(result.output)
+    # an --out that cannot be written is refused before the evaluation
+    refused = runner.invoke(main, ["pretext", "eval", "--model", str(rest.out_dir), "--data", str(photo_lists[1]),
+                                   "--per-image", "1", "--workers", "0", "--out", str(tmp_path / "acc.json" / "x")])
+    assert refused.exit_code == 1 and "--out" in refused.output and "puzzle accuracy" not in refused.output
     result = runner.invoke(main, ["pretext", "train", "--data", str(photo_lists[0]), "--out", str(tmp_path / "t"),
                                   "--set", "puzzle.jiter=3"])
     assert result.exit_code == 1 and "unknown PuzzleConfig key(s) ['jiter']" in result.output
