@@ -154,7 +154,11 @@ def _run(plan, out_dir: Path, *, gpu_ids: list[str], device: str | None, overwri
     _echo_summary(files)
     failed = [o for o in outcomes if o.state == "failed"]
     if failed:
-        raise click.ClickException(f"{len(failed)} job(s) failed: " + "; ".join(f"{o.name}: {o.error}" for o in failed)
+        by_error: dict[str, list[str]] = {}  # several jobs failing for one cause (a dataset's layout) say it once
+        for o in failed:
+            by_error.setdefault(str(o.error).rstrip("."), []).append(o.name)
+        raise click.ClickException(f"{len(failed)} job(s) failed: "
+                                   + "; ".join(f"{', '.join(names)}: {error}" for error, names in by_error.items())
                                    + ". Fix the cause and re-run the same command: finished jobs are kept.")
 
 

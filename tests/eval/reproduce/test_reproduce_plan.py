@@ -176,3 +176,19 @@ def test_rewriting_a_run_keeps_started_jobs_settings(model, datasets, tmp_path):
     (model / "manifest.json").write_text(json.dumps({"paper": {"method": "Jigsaw++"}}))
     with pytest.raises(ValueError, match="another model"):
         write_plan(run, make_plan(model, datasets, only=["cls"], scale="tiny"))
+
+
+def test_jobs_failing_for_one_cause_say_it_once(conv_model_dir, tmp_path):
+    """Two probe jobs on a folder that is no ImageNet layout: one Error line naming both jobs and the cause once."""
+    imagenet = tmp_path / "imagenet" / "train" / "cat"
+    imagenet.mkdir(parents=True)
+    (imagenet / "a.png").write_bytes(b"")
+    result = CliRunner().invoke(main, ["reproduce", "--model", str(conv_model_dir), "--method", "CC+Jigsaw++",
+                                       "--imagenet", str(tmp_path / "imagenet"), "--scale", "tiny", "--only",
+                                       "linear_imagenet,nonlinear_conv5", "--out", str(tmp_path / "run"),
+                                       "--device", "cpu", "--quiet"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: 2 job(s) failed: linear_imagenet, nonlinear_conv5: "), \
+        result.output
+    assert errors[0].count("not an ImageNet layout") == 1 and ".." not in errors[0]
