@@ -194,11 +194,34 @@ def _guard_outputs(command: click.Command) -> None:
 
     @functools.wraps(callback)
     def guarded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (any command's signature)
-        with tidy_on_failure(*[kwargs[n] for n in names if kwargs.get(n) is not None]):
-            return callback(*args, **kwargs)
+        outputs = [kwargs[n] for n in names if kwargs.get(n) is not None]
+        try:
+            with tidy_on_failure(*outputs):
+                return callback(*args, **kwargs)
+        except KeyboardInterrupt:
+            for line in resume_hints(outputs):
+                click.echo(line, err=True)
+            raise
 
     guarded._outputs_guarded = True  # type: ignore[attr-defined]
     command.callback = guarded
+
+
+def resume_hints(outputs: list) -> list[str]:
+    """For an interrupted command: one line per output folder holding a checkpoint, saying which iteration the same
+    command resumes from."""
+    import json
+
+    lines = []
+    for out in outputs:
+        pointer = Path(out) / "checkpoints" / "latest.json"  # jigsawpp.engine.checkpoint's layout
+        try:
+            iteration = json.loads(pointer.read_text(encoding="utf-8"))["iteration"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        lines.append(f"Interrupted: {out} keeps the checkpoint of iteration {iteration}; re-run the same command to "
+                     "resume from it.")
+    return lines
 
 
 def _guard_tree(group: click.Group) -> None:

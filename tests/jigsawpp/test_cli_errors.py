@@ -471,3 +471,29 @@ def test_a_training_command_never_writes_into_a_folder_of_other_files(tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "holds no earlier run to resume" in errors[0], result.output
     assert sorted(p.name for p in photos.iterdir()) == mine
+
+
+def test_an_interrupted_training_command_says_where_it_resumes(monkeypatch, tmp_path):
+    """Ctrl-C during training: besides click's "Aborted!", one line naming the iteration a re-run resumes from."""
+    import jigsawpp.pretext.train as train_module
+    from jigsawpp.engine.checkpoint import CHECKPOINT_DIR, LATEST
+
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        (out / CHECKPOINT_DIR).mkdir(parents=True)
+        (out / CHECKPOINT_DIR / LATEST).write_text(json.dumps({"checkpoint": "iter_0000050", "iteration": 50}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_pretext", interrupted)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from jigsawpp.pretext.sample_run import packaged_photos
+
+    for photo in packaged_photos()[:2]:
+        (photos / photo.name).write_bytes(photo.read_bytes())
+    result = CliRunner().invoke(main, ["pretext", "train", "--data", str(photos), "--out", str(out), "--device",
+                                       "cpu", "--no-progress"])
+    assert result.exit_code == 1 and "Aborted!" in result.output
+    assert f"Interrupted: {out} keeps the checkpoint of iteration 50; re-run the same command" in result.output
+    assert "Traceback" not in result.output
