@@ -375,7 +375,7 @@ def _classification_step(out_dir: Path, scratch: Path, report: DemoReport, setti
     report.results["classification_map_before"], report.results["classification_map_after"] = maps["before"], \
         maps["after"]
     return (f"{len(sample.image_ids)} photo(s), {iters} iterations (fc6-fc8): mAP (sklearn, as Table 3) on those "
-            f"images {maps['before']:.3f} untrained -> {maps['after']:.3f}; curves in classification_after/")
+            f"images {maps['before']:.3f} untrained -> {maps['after']:.3f}; PR curves in classification_after/")
 
 
 def _segmentation_step(out_dir: Path, scratch: Path, report: DemoReport, settings: FinetuneSettings, *,

@@ -8,6 +8,7 @@ small constants.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -168,19 +169,15 @@ def encode_labels(names, labels, label_format: str) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=4)
 def permutation_table_bin(count: int = 701, *, seed: int = 0) -> bytes:
-    """The authors' permutation file format: int32 LE header [N, 9], then N*9 1-based tile indices. The rows are
-    distinct random non-identity permutations (a stand-in, not the maximal-Hamming set)."""
-    import numpy as np
+    """The authors' permutation file format (int32 LE header [N, 9], then N*9 1-based tile indices) holding a
+    Jigsaw++ set as the authors' file is one: `generate_permutations(count, min_hamming=3)`, so `jigsawpp info` reports
+    what it would for theirs (minimum distance 3, no identity; their rows themselves cannot be rebuilt, see
+    `jigsawpp.permutations`)."""
+    from jigsawpp.permutations import encode_permutations_bin, generate_permutations
 
-    rng = np.random.default_rng(seed)
-    rows: dict[tuple[int, ...], None] = {}
-    while len(rows) < count:
-        perm = tuple(int(v) for v in rng.permutation(9))
-        if perm != tuple(range(9)):
-            rows[perm] = None
-    table = np.asarray(list(rows), dtype="<i4") + 1
-    return np.asarray([count, 9], dtype="<i4").tobytes() + table.tobytes()
+    return encode_permutations_bin(generate_permutations(count, min_hamming=3, seed=seed))
 
 
 def make_release_zip(path, kind: str = "cc", *, layout: str = "nested", label_format: str = "txt", seed: int = 0,
