@@ -117,7 +117,38 @@ def reproduce(model_dir, voc07, voc12, sbd, imagenet, places, ss_mat, out_dir, o
             raise click.UsageError("--device applies without --gpus only (with --gpus each job gets its GPUs).")
         if not torch.cuda.is_available():
             raise click.UsageError("--gpus: torch sees no CUDA device here; run without --gpus to use the CPU.")
+    problems = _dataset_problems(plan)
+    if problems:
+        raise click.ClickException("the datasets cannot be used (checked before any job runs): " + "; ".join(problems)
+                                   + ". Fix them, or leave the option out to skip those jobs.")
     _run(plan, out_dir, gpu_ids=gpu_ids, device=device, overwrite=overwrite, quiet=quiet)
+
+
+def _dataset_problems(plan) -> list[str]:
+    """Each given dataset that a planned job needs, read as that job's protocol reads it; what is wrong with each
+    (a folder that is no ImageNet layout would otherwise fail only when its job starts, after the others ran)."""
+    from eval.detection.pipeline import resolve_voc_root
+    from eval.probes.data import dataset_splits
+    from eval.reproduce.jobs import DATASET_OPTIONS, JOBS
+    from eval.segmentation.pipeline import resolve_segmentation_root
+    from jigsawpp.data import DatasetLayoutError
+
+    checks = {"voc07": resolve_voc_root, "voc12": resolve_segmentation_root,
+              "imagenet": lambda root: dataset_splits(root, "imagenet"),
+              "places": lambda root: dataset_splits(root, "places205")}
+    needed = {name for job in plan.jobs if job.name in JOBS for name in JOBS[job.name].needs}
+    problems = []
+    for name in sorted(needed & set(checks)):
+        root = getattr(plan.datasets, name)
+        if root is None:
+            continue
+        try:
+            checks[name](root)
+        except (DatasetLayoutError, FileNotFoundError, ValueError) as exc:
+            text = _message(exc).rstrip(".")
+            text = text[len(f"{root}: "):] if text.startswith(f"{root}: ") else text
+            problems.append(f"{DATASET_OPTIONS[name]} {root}: {text}")
+    return problems
 
 
 def _run(plan, out_dir: Path, *, gpu_ids: list[str], device: str | None, overwrite: bool, quiet: bool) -> None:

@@ -178,8 +178,9 @@ def test_rewriting_a_run_keeps_started_jobs_settings(model, datasets, tmp_path):
         write_plan(run, make_plan(model, datasets, only=["cls"], scale="tiny"))
 
 
-def test_jobs_failing_for_one_cause_say_it_once(conv_model_dir, tmp_path):
-    """Two probe jobs on a folder that is no ImageNet layout: one Error line naming both jobs and the cause once."""
+def test_datasets_are_checked_before_any_job_runs(conv_model_dir, tmp_path):
+    """A folder that is no ImageNet layout: refused up front in one Error line naming the option once, with no job
+    run (it used to fail when each probe job started, possibly after hours of the others)."""
     imagenet = tmp_path / "imagenet" / "train" / "cat"
     imagenet.mkdir(parents=True)
     (imagenet / "a.png").write_bytes(b"")
@@ -189,6 +190,7 @@ def test_jobs_failing_for_one_cause_say_it_once(conv_model_dir, tmp_path):
                                        "--device", "cpu", "--quiet"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith("Error: 2 job(s) failed: linear_imagenet, nonlinear_conv5: "), \
-        result.output
-    assert errors[0].count("not an ImageNet layout") == 1 and ".." not in errors[0]
+    assert len(errors) == 1 and errors[0].startswith("Error: the datasets cannot be used (checked before any job "
+                                                     f"runs): --imagenet {tmp_path / 'imagenet'}: not an ImageNet "
+                                                     "layout"), result.output
+    assert errors[0].count("not an ImageNet layout") == 1 and not (tmp_path / "run").exists()
