@@ -196,7 +196,9 @@ def run_classification(model_dir: str | os.PathLike[str], voc_root: str | os.Pat
                                   crop=cfg.crop, min_scale=cfg.min_scale, max_scale=cfg.max_scale, mirror=cfg.mirror,
                                   mean_bgr=cfg.mean_bgr, seed=cfg.data_seed, rank=rank, world_size=size)
     stamp_args = dict(weights=weights, device=device, dataset=voc.name, rescaled=rescaled)
-    if rank == 0:
+    from jigsawpp.engine.checkpoint import latest_checkpoint
+
+    if rank == 0 and not (resume and latest_checkpoint(out) is not None):  # a resume keeps the run's record
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {"config": cfg.to_dict(),
                                                 "provenance": classification_stamp(cfg, iterations=None,

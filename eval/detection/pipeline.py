@@ -281,7 +281,7 @@ def run_detection(
     stamp_args = dict(mode="train+test", proposals=proposals, init=weights.record(), device=_protocol_device(device),
                       world_size=world, protocol_name=protocol_name, data=data,
                       model=weights.model)
-    if rank == 0:
+    if rank == 0 and not (resume and latest_checkpoint(out) is not None):  # a resume keeps the run's record
         _write_json(out / "config.json", {"config": cfg.to_dict(),
                                           "provenance": _stamp(cfg, run_device=device, iterations=None, **stamp_args)})
     fingerprint_data = {"images": train_check.digest(), "proposals": described,

