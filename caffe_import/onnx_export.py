@@ -9,6 +9,7 @@ names: `export_onnx`, `check_onnx`, `build_onnx_model`, `emits`, `onnx_exportabl
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -173,6 +174,16 @@ def check_onnx(net: CaffeNet, path: str | Path, feeds: Mapping[str, np.ndarray] 
             source = model.SerializeToString()
     try:
         session = ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph ...), none a ValueError
+        text = " ".join(str(exc).split())
+        why = re.search(r"Unsupported model IR version: \d+, max supported IR version: \d+|Opset \d+ is under "
+                        r"development[^.]*", text)
+        if why is not None:
+            opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+            raise ValueError(f"onnxruntime {ort.__version__} cannot load the export of {path.name} at opset "
+                             f"{opsets.get('ai.onnx')} ({why.group(0)}); export with a lower opset "
+                             "(opset=...).") from None
+        raise
     finally:
         if copy is not None:
             copy.unlink(missing_ok=True)

@@ -496,3 +496,18 @@ def test_external_data_above_threshold(tmp_path, monkeypatch):
     export_onnx(net, path)                                          # a rewrite replaces the side file
     assert data.stat().st_size == size
     assert_parity(net, path, feeds)
+
+
+def test_an_opset_onnxruntime_cannot_load_is_one_sentence(tmp_path):
+    """onnx can write newer opsets than onnxruntime loads (here onnx 28, onnxruntime at most 26): the check says so
+    and which opset to lower, instead of onnxruntime's own exception."""
+    newest = onnx.defs.onnx_opset_version()
+    net = pooling_net("pool: MAX kernel_size: 2 stride: 2")
+    path = export_onnx(net, tmp_path / "net.onnx", opset=newest)
+    try:
+        check_onnx(net, path)
+    except ValueError as exc:
+        assert f"cannot load the export of net.onnx at opset {newest}" in str(exc)
+        assert "lower opset (opset=...)" in str(exc)
+    else:
+        pytest.skip(f"onnxruntime {ort.__version__} loads opset {newest}: nothing to refuse")
