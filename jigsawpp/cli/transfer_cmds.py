@@ -268,6 +268,9 @@ def train_cmd(labels, data, val_data, out, name, iters, batch_size, sets, amp, w
 def regress_cmd(model, caffemodel, blob, variant, teacher_seed, data, split, list_file, out, name, grid, iters,
                 batch_size, sets, amp, workers, device, overwrite) -> None:
     """The paper's [37] baseline: an AlexNet student regressing MODEL's conv4 and conv5."""
+    if blob is not None:
+        raise click.UsageError("--blob does not apply to `transfer regress`: the student regresses the teacher's conv4 "
+                               "and conv5 (conv4_3 and conv5_3 of a VGG16), the paper's [37] targets.")
     try:
         from jigsawpp.engine.distributed import init_distributed, is_main
         from jigsawpp.transfer.regression import train_regression

@@ -205,7 +205,12 @@ def hog_features(images: ImageList, out: str | Path, *, config: HogConfig | None
     feature_config = feature_config or FeatureConfig()
     out = Path(out)
     if vocabulary_from is not None:
-        words, record, config = load_vocabulary(Path(vocabulary_from))
+        words, record, saved = load_vocabulary(Path(vocabulary_from))
+        if config is not None and config != saved:
+            raise ValueError(f"the HOG settings given ({json.dumps(asdict(config))}) differ from those of the "
+                             f"vocabulary in {vocabulary_from} ({json.dumps(asdict(saved))}); its words are used with "
+                             "its own settings: drop the settings, or build a new vocabulary without --vocabulary.")
+        config = saved
     elif not overwrite and (out / "vocabulary.npy").is_file() and (out / "manifest.json").is_file():
         words, record, saved = load_vocabulary(out)
         config = config or saved

@@ -94,6 +94,9 @@ def train_regression(teacher: Teacher, images, out: str | os.PathLike[str], *,
     barrier()
     pair = teacher_blob_pair(list(teacher.blob_names))
     shapes = {blob: teacher.blob_shape_of(blob, config.crop) for blob in pair}
+    if grid is not None and grid < 1:
+        raise ValueError(f"grid {grid}: the pooled target grid must be at least 1 (the paper's: 5 for an AlexNet "
+                         "teacher, 4 for VGG16).")
     grid = grid or (4 if shapes[pair[0]][0] == 512 else 5)
     student = CaffeAlexNet(AlexNetConfig(input_size=config.crop, fc6=None, fc7=None, num_classes=None))
     generator = torch.Generator().manual_seed(config.seed)

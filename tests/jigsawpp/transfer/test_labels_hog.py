@@ -88,3 +88,6 @@ def test_hog_bag_of_words_features(tmp_path, digits_folder):
     described = hog_features(val, tmp_path / "hog_val", vocabulary_from=tmp_path / "hog", feature_config=features,
                              progress=False)
     assert open_features(described.path).manifest["identity"]["vocabulary"] == store.manifest["identity"]["vocabulary"]
+    with pytest.raises(ValueError, match="differ from those of the vocabulary"):  # settings it would not use
+        hog_features(val, tmp_path / "hog_val2", vocabulary_from=tmp_path / "hog", config=HogConfig(words=10),
+                     feature_config=features, progress=False)

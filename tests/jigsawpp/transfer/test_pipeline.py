@@ -143,3 +143,9 @@ def test_feature_regression_baseline_trains_and_packs_conv_layers(tmp_path, digi
     assert set(log[0]) >= {"loss_conv4", "loss_conv5"}
     manifest = convert_release(result.release_zip, tmp_path / "converted", onnx=False)
     assert manifest["variants"]["transfer_conv1s4"]["alexnet_config"]["fc6"] is None
+    with pytest.raises(ValueError, match="grid 0: the pooled target grid must be at least 1"):
+        train_regression(teacher, images, tmp_path / "reg0", config=config, grid=0, device="cpu")
+    ignored = CliRunner().invoke(main, ["transfer", "regress", str(proto), "--caffemodel", str(weights["trained"]),
+                                        "--blob", "conv9", "--data", str(digits_folder), "--out", str(tmp_path / "r")])
+    assert ignored.exit_code == 2 and "--blob does not apply to `transfer regress`" in ignored.output
+    assert not (tmp_path / "r").exists()
