@@ -214,6 +214,10 @@ def resume_hints(outputs: list) -> list[str]:
 
     lines = []
     for out in outputs:
+        if (Path(out) / "reproduce.json").is_file():  # eval.reproduce.plan.PLAN_FILE: a run of several jobs
+            lines.append(f"Interrupted: re-run the same command to resume the reproduce run in {out} (finished jobs "
+                         "are kept, the interrupted one continues from its last checkpoint).")
+            continue
         pointer = Path(out) / "checkpoints" / "latest.json"  # jigsawpp.engine.checkpoint's layout
         try:
             iteration = json.loads(pointer.read_text(encoding="utf-8"))["iteration"]

@@ -204,6 +204,12 @@ def hog_features(images: ImageList, out: str | Path, *, config: HogConfig | None
 
     feature_config = feature_config or FeatureConfig()
     out = Path(out)
+    if not overwrite:  # a folder of other files is refused before the vocabulary is built, not after
+        from jigsawpp.outputs import prepare_output_dir
+        from jigsawpp.transfer.store import MANIFEST
+
+        prepare_output_dir(out, overwrite=False, what="feature folder", resume=True,
+                           markers=(MANIFEST, "progress", "features.npy", "vocabulary.npy"))
     if vocabulary_from is not None:
         words, record, saved = load_vocabulary(Path(vocabulary_from))
         if config is not None and config != saved:

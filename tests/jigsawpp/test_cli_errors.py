@@ -497,3 +497,17 @@ def test_an_interrupted_training_command_says_where_it_resumes(monkeypatch, tmp_
     assert result.exit_code == 1 and "Aborted!" in result.output
     assert f"Interrupted: {out} keeps the checkpoint of iteration 50; re-run the same command" in result.output
     assert "Traceback" not in result.output
+
+
+
+def test_resume_hints_name_the_checkpoint_or_the_reproduce_run(tmp_path):
+    from jigsawpp.cli.errors import resume_hints
+
+    run, plain, empty = tmp_path / "run", tmp_path / "det", tmp_path / "none"
+    run.mkdir()
+    (run / "reproduce.json").write_text("{}")
+    (plain / "checkpoints").mkdir(parents=True)
+    (plain / "checkpoints" / "latest.json").write_text(json.dumps({"checkpoint": "iter_0000007", "iteration": 7}))
+    hints = resume_hints([run, plain, empty])
+    assert len(hints) == 2 and f"resume the reproduce run in {run}" in hints[0]
+    assert hints[1].startswith(f"Interrupted: {plain} keeps the checkpoint of iteration 7")
