@@ -188,6 +188,8 @@ def verify_cmd(model_dir: Path, results: tuple[Path, ...], method: str | None) -
         paper = f"{r.paper:6.1f}" if r.paper is not None else f"{'-':>6}"
         diff = f"{r.difference:+6.1f}" if r.difference is not None else f"{'' if r.comparable else 'n/c':>6}"
         click.echo(f"{r.table:<7} {r.column:<13} {measured} {paper} {diff}  {r.protocol}")
+        if len(results) > 1:  # several results: say which row came from which
+            click.echo(f"{'':<38}  from: {r.source}")
         for d in r.deviations:
             click.echo(f"{'':<38}  differs: {d}")
 

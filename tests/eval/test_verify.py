@@ -58,6 +58,8 @@ def test_a_paper_protocol_result_of_this_model_is_placed_in_its_cell(tmp_path, m
     assert any("no provenance stamp" in d for d in differs)
     assert any("does not record which model" in d for d in differs)
     assert any("not comparable to the paper" in d for d in differs)
+    sources = [line.split("from: ", 1)[1] for line in lines if "from: " in line]  # several results: each row's file
+    assert sources == [str(tmp_path / "ms" / "scores.json"), str(tmp_path / "bare.json")], res.output
 
 
 def test_a_subset_of_the_test_set_is_not_comparable(tmp_path, model):
