@@ -234,6 +234,9 @@ def train_loop(
 
     bar = tqdm(total=max_iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not progress or rank != 0)
+    if progress and rank == 0 and checkpoint is not None:  # say it: a resumed run looks like a bar starting mid-way
+        bar.write(f"{desc}: resuming from iteration {start} ({checkpoint})"
+                  + (", already finished" if start >= max_iters else ""))
     end = max_iters if stop_after is None else min(max_iters, start + stop_after)
     t0 = time.perf_counter()
     last = start

@@ -120,6 +120,24 @@ def test_nan_loss_stops_at_its_iteration(tmp_path):
     assert latest_checkpoint(tmp_path).name == "iter_0000003"
 
 
+def test_a_resumed_run_says_where_it_resumes(tmp_path, capsys):
+    x, y = _data(8)
+    batches = [_Batch(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]
+    args = dict(lr=LRPolicy("fixed", 0.1), loss_fn=_mean_ce, out_dir=tmp_path, snapshot_iters=2, config={},
+                fingerprint="x", device="cpu", desc="toy")
+    model, optimizer = _linear_setup()
+    train_loop(model=model, optimizer=optimizer, source=_ListSource(batches), max_iters=2, progress=False, **args)
+    capsys.readouterr()
+    model, optimizer = _linear_setup()
+    train_loop(model=model, optimizer=optimizer, source=_ListSource(batches), max_iters=4, progress=True, **args)
+    out = capsys.readouterr()
+    assert "toy: resuming from iteration 2 (" in out.out + out.err and "iter_0000002" in out.out + out.err
+    model, optimizer = _linear_setup()
+    train_loop(model=model, optimizer=optimizer, source=_ListSource(batches), max_iters=4, progress=True, **args)
+    out = capsys.readouterr()
+    assert "toy: resuming from iteration 4" in out.out + out.err and "already finished" in out.out + out.err
+
+
 def test_iter_size_two_equals_one_double_batch(tmp_path):
     x, y = _data(24)
     small = [_Batch(x[i:i + 2], y[i:i + 2]) for i in range(0, 24, 2)]
