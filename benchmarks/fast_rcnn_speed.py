@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import sync  # noqa: E402
+
 PUBLISHED_K40 = {  # seconds; see the module docstring
     ("train", "single"): 1.2 * 3600 / 40_000,
     ("test", "single"): 0.10,
@@ -33,11 +35,6 @@ PUBLISHED_K40 = {  # seconds; see the module docstring
 }
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _photo(tmp: Path) -> Path:
@@ -108,7 +105,7 @@ def time_training(cfg, entries, device, iters: int, *, precision: str | None = N
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     times, loss_value = [], float("nan")
     for step in range(iters + warmup):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         batch = load_minibatch(sampler.next_plan(), entries, cfg).to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -118,7 +115,7 @@ def time_training(cfg, entries, device, iters: int, *, precision: str | None = N
         scaler.scale(loss).backward()
         scaler.step(optimizer, cfg.base_lr)
         scaler.update()
-        _sync(device)
+        sync(device)
         loss_value = loss.item()
         if step >= warmup:  # warm-up: allocator, cuDNN autotuning
             times.append(time.perf_counter() - start)
@@ -138,12 +135,12 @@ def time_testing(cfg, path: Path, proposals, device, images: int, *, warmup: int
                         gt_classes=[], proposals=proposals)
     times = []
     for k in range(images + warmup):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for dets in image_candidates(model, entry, cfg, device=device)[1:]:
             t = torch.from_numpy(dets)
             nms(t[:, :4], t[:, 4], cfg.test_nms)
-        _sync(device)
+        sync(device)
         if k >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)

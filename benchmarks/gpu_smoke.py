@@ -76,26 +76,16 @@ def step(name: str) -> Callable[[StepFn], StepFn]:
 
 
 def _sync(ctx: Context) -> None:
-    import torch
+    from benchmarks.timing import sync
 
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+    sync(ctx.device)
 
 
 def _timed(ctx: Context, fn: Callable[[], object], *, warmup: int, reps: int) -> float:
     """Median seconds of `fn` after `warmup` calls."""
-    import statistics
+    from benchmarks.timing import median_seconds
 
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        _sync(ctx)
-        start = time.perf_counter()
-        fn()
-        _sync(ctx)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(ctx.device, fn, warmup=warmup, reps=reps)
 
 
 def _needs_caffe_import() -> None:

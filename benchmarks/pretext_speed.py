@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import sync  # noqa: E402
+
 MAX_ITER, BATCH = 350_000, 256   # solver_cfn_jps.prototxt max_iter, train_val_cfn_jps++.prototxt batch_size
 
 
@@ -60,11 +62,6 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _files(args) -> list[str]:
@@ -108,7 +105,7 @@ def bench_loader(paths: list[str], workers: int, device, batch: int) -> float:
     for crops, _labels, _index in loader:
         puzzles = make_puzzles(crops.to(device, non_blocking=True), perms, generator=generator, config=config)
         count += puzzles.labels.shape[0]
-    _sync(device)
+    sync(device)
     assert np.isfinite(float(puzzles.tiles.sum()))
     return count / (time.perf_counter() - start)
 
@@ -135,11 +132,11 @@ def bench_train(device, batch: int, iters: int, amp: str) -> float:
         optimizer.step(0.01)
 
     step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    _sync(device)
+    sync(device)
     return iters / (time.perf_counter() - start)
 
 

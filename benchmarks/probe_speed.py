@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -28,25 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(device, fn, *, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from benchmarks.timing import median_seconds  # noqa: E402
 
 
 def _autocast(device, amp: str):
@@ -76,8 +57,8 @@ def extraction_rate(device, *, batch: int = 256, amps: tuple[str, ...] = ("off",
                 return module(x)
 
         warmup = 1 if reps <= 2 else 3
-        t_taps = _median_seconds(device, lambda: run(taps), warmup=warmup, reps=reps)
-        t_plain = _median_seconds(device, lambda: run(plain), warmup=warmup, reps=reps)
+        t_taps = median_seconds(device, lambda: run(taps), warmup=warmup, reps=reps)
+        t_plain = median_seconds(device, lambda: run(plain), warmup=warmup, reps=reps)
         out[amp] = {"batch": batch, "taps_images_per_s": batch / t_taps, "torchvision_images_per_s": batch / t_plain,
                     "ratio": t_plain / t_taps}
     return out
@@ -106,7 +87,7 @@ def head_training_rate(device, *, batch: int = 64, amp: str = "off", iters: int 
         optimizer.step(0.01)
         return losses["loss"]
 
-    seconds = _median_seconds(device, one_step, warmup=2 if iters > 2 else 1, reps=iters)
+    seconds = median_seconds(device, one_step, warmup=2 if iters > 2 else 1, reps=iters)
     return {"batch": batch, "amp": amp, "iters_per_s": 1 / seconds, "samples_per_s": batch / seconds,
             "last_loss": float(one_step().detach())}
 
@@ -158,7 +139,7 @@ def gpu_decode_rate(device, *, images: int = 256) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         samples = _jpegs(Path(tmp), images)
         data = [torch.frombuffer(bytearray(Path(s.path).read_bytes()), dtype=torch.uint8) for s in samples]
-    seconds = _median_seconds(device, lambda: decode_jpeg(data, device=device), warmup=1, reps=3)
+    seconds = median_seconds(device, lambda: decode_jpeg(data, device=device), warmup=1, reps=3)
     return {"images": images, "images_per_s": images / seconds}
 
 

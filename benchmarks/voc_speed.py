@@ -18,37 +18,16 @@ Usage: python benchmarks/voc_speed.py [--device cuda] [--iters 10] [--amp bf16] 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import median_seconds  # noqa: E402
+
 PHOTO_SIZE = (500, 375)  # (W, H) of a typical VOC image
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(device, fn: Callable[[], object], *, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _autocast(device, amp: str):
@@ -112,9 +91,9 @@ def time_reference(device, *, batch: int, size: int, iters: int, warmup: int, am
             model(x)
 
     model.train()
-    train_s = _median_seconds(device, train, iters=iters, warmup=warmup)
+    train_s = median_seconds(device, train, warmup=warmup, reps=iters)
     model.eval()
-    test_s = _median_seconds(device, forward, iters=iters, warmup=warmup)
+    test_s = median_seconds(device, forward, warmup=warmup, reps=iters)
     return {"train_images_per_s": batch / train_s, "test_images_per_s": batch / test_s}
 
 
@@ -163,10 +142,10 @@ def time_classification(device, *, batch: int, crops: int, iters: int, warmup: i
             model(test_x).double().sum(0).cpu()
 
     model.train()
-    train_s = _median_seconds(device, train, iters=iters, warmup=warmup)
+    train_s = median_seconds(device, train, warmup=warmup, reps=iters)
     model.eval()
-    test_s = _median_seconds(device, test, iters=iters, warmup=warmup)
-    data_s = _median_seconds(device, lambda: crop_batch(1), iters=max(iters, 5), warmup=1)
+    test_s = median_seconds(device, test, warmup=warmup, reps=iters)
+    data_s = median_seconds(device, lambda: crop_batch(1), warmup=1, reps=max(iters, 5))
     return {"train_images_per_s": batch / train_s, "test_images_per_s": 1.0 / test_s,
             "data_images_per_s_per_thread": 1.0 / data_s, "last_loss": losses[-1]}
 
@@ -209,9 +188,9 @@ def time_fcn(device, *, size: tuple[int, int], iters: int, warmup: int, iter_siz
             model(x)[0].float().argmax(0).cpu()
 
     model.train()
-    train_s = _median_seconds(device, train_pass, iters=iters, warmup=warmup)
+    train_s = median_seconds(device, train_pass, warmup=warmup, reps=iters)
     model.eval()
-    test_s = _median_seconds(device, test, iters=iters, warmup=warmup)
+    test_s = median_seconds(device, test, warmup=warmup, reps=iters)
     return {"train_images_per_s": 1.0 / train_s, "test_images_per_s": 1.0 / test_s, "last_loss": losses[-1]}
 
 
