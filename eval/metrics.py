@@ -575,12 +575,12 @@ def write_scores(ap: DetectionAP, results_dir: str | Path, *, split: str | None 
 PLOT_TITLE_CHARS = 90  # characters per title line at the figure's width and font size
 
 
-def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
-    """A matplotlib Figure (Agg canvas) with the precision/recall curves of the classes that have ground truth on one
-    axes, the legend giving both APs per class. Classes without positives (AP undefined, shown as ``-`` by the CLI)
-    get no curve and no legend entry; the legend title counts them. A long `title` is wrapped to fit the figure
-    (its own line breaks are kept).
-    """
+def pr_figure(class_names: Sequence[str], curves: Mapping[str, tuple[object, object]], labels: Mapping[str, str], *,
+              title: str, legend_title: str):
+    """A matplotlib Figure (Agg canvas) with the precision/recall curve ``curves[name] = (recall, precision)`` of
+    each class in `curves` (in `class_names` order, colour by position) on one axes, labelled ``labels[name]``.
+    Classes of `class_names` without a curve (no positives, AP undefined) get no legend entry; the legend title
+    counts them. A long `title` is wrapped to fit the figure (its own line breaks are kept)."""
     import textwrap
 
     from matplotlib import colormaps
@@ -591,26 +591,34 @@ def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
     FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
     ax = fig.add_subplot(1, 1, 1)
     cmap = colormaps["tab20"]
-    shown = [name for name in ap.class_names if ap.n_pos.get(name, 0) > 0]
-    for k, name in enumerate(ap.class_names):
-        if name not in shown:
-            continue
-        label = f"{name}  {ap.per_class[name]:.3f} / {ap.per_class_area[name]:.3f}"
-        ax.plot(ap.recall[name], ap.precision[name], color=cmap(k % cmap.N), linewidth=1.2, label=label)
+    for k, name in enumerate(class_names):
+        if name in curves:
+            recall, precision = curves[name]
+            ax.plot(recall, precision, color=cmap(k % cmap.N), linewidth=1.2, label=f"{name}  {labels[name]}")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
-    text = title or f"VOC detection: mAP {ap.map_11point:.3f} (11-point) / {ap.map_area:.3f} (area)"
-    wrapped = "\n".join(textwrap.fill(line, PLOT_TITLE_CHARS, break_on_hyphens=False) for line in text.splitlines())
+    wrapped = "\n".join(textwrap.fill(line, PLOT_TITLE_CHARS, break_on_hyphens=False) for line in title.splitlines())
     ax.set_title(wrapped, fontsize=9)
-    hidden = len(ap.class_names) - len(shown)
-    legend_title = "class  AP 11-pt / area" + (f"\n({hidden} classes without ground truth not shown)" if hidden else "")
-    if shown:
-        ax.legend(title=legend_title, fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    hidden = len(class_names) - len(curves)
+    legend = legend_title + (f"\n({hidden} classes without ground truth not shown)" if hidden else "")
+    if curves:
+        ax.legend(title=legend, fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     return fig
+
+
+def pr_curves_figure(ap: DetectionAP, *, title: str | None = None):
+    """`pr_figure` of a detection result: the classes that have ground truth, the legend giving both APs per class.
+    Classes without positives (AP undefined, shown as ``-`` by the CLI) get no curve; the legend title counts them.
+    """
+    shown = [name for name in ap.class_names if ap.n_pos.get(name, 0) > 0]
+    return pr_figure(ap.class_names, {n: (ap.recall[n], ap.precision[n]) for n in shown},
+                     {n: f"{ap.per_class[n]:.3f} / {ap.per_class_area[n]:.3f}" for n in shown},
+                     title=title or f"VOC detection: mAP {ap.map_11point:.3f} (11-point) / {ap.map_area:.3f} (area)",
+                     legend_title="class  AP 11-pt / area")
 
 
 def plot_pr_curves(ap: DetectionAP, path: str | Path, *, title: str | None = None) -> Path:

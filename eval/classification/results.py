@@ -149,31 +149,15 @@ def write_classification_scores(ap: ClassificationAP, out_dir: str | os.PathLike
 
 
 def plot_classification_curves(ap: ClassificationAP, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Every class's devkit precision/recall curve on one axes; the legend gives the sklearn and 11-point APs."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Every class's devkit precision/recall curve on one axes (`eval.metrics.pr_figure`); the legend gives the
+    sklearn and 11-point APs."""
+    from eval.metrics import pr_figure
     from jigsawpp.engine.plots import save_figure
 
-    path = Path(path)
-    fig = Figure(figsize=(9, 7))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    cmap = colormaps["tab20"]
-    for k, name in enumerate(ap.class_names):
-        if ap.n_pos[name] == 0:
-            continue
-        label = f"{name}  {ap.ap_sklearn[name]:.3f} / {ap.ap_11point[name]:.3f}"
-        ax.plot(ap.recall[name], ap.precision[name], color=cmap(k % cmap.N), linewidth=1.2, label=label)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title or f"VOC classification: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} (11-point)",
-                 fontsize=9)
-    ax.legend(title="class  AP sklearn / 11-pt", fontsize=7, title_fontsize=8, loc="center left",
-              bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    shown = [name for name in ap.class_names if ap.n_pos[name] > 0]
+    fig = pr_figure(ap.class_names, {n: (ap.recall[n], ap.precision[n]) for n in shown},
+                    {n: f"{ap.ap_sklearn[n]:.3f} / {ap.ap_11point[n]:.3f}" for n in shown},
+                    title=title or f"VOC classification: mAP {ap.map_sklearn:.3f} (sklearn) / {ap.map_11point:.3f} "
+                                   "(11-point)",
+                    legend_title="class  AP sklearn / 11-pt")
+    return save_figure(fig, Path(path), dpi=120)
