@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,16 +399,9 @@ class VOCDetectionMetric:
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through a temporary file in the same folder, then rename, so readers never see half a file."""
-    from jigsawpp.io import atomic_path  # the user's umask, unlike mkstemp's 0600
+    from jigsawpp.io import write_atomic
 
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, write)
 
 
 def results_path(results_dir: str | Path, *, split: str, class_name: str, comp: str = VOC_COMPETITION_ID) -> Path:

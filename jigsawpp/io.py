@@ -1,4 +1,5 @@
-"""Weight files: safetensors only (never pickle), written atomically, with tied parameters stored once.
+"""Weight files: safetensors only (never pickle), written atomically, with tied parameters stored once; atomic
+writes of any file (`write_atomic`, `write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`).
 
 A Caffe net with `param { name }` sharing (the 9-tower Jigsaw++ network) has tied nn.Parameters, which appear
 under several state_dict keys. safetensors refuses tensors that share memory, so we store each storage once and
@@ -11,7 +12,9 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import torch
 from safetensors import safe_open
@@ -35,17 +38,28 @@ def atomic_path(path: Path) -> tuple[int, Path]:
             continue
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(handle)`` on a binary temp file beside `path` (the user's umask), then rename it to `path`: a
+    reader never sees half a file, and a failure leaves nothing behind. Every file the project writes goes through
+    this (or `staged_output` for folders)."""
     path = Path(path)
     fd, tmp = atomic_path(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    return write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: object) -> Path:

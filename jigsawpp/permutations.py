@@ -276,7 +276,7 @@ def encode_permutations_bin(perms: np.ndarray) -> bytes:
 def save_permutations(perms: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write (N, 9) 0-based permutations: the authors' `.bin` format for a `.bin` suffix (byte-identical to theirs
     for the same rows), otherwise a 0-based int64 `.npy` at exactly `path`. Written atomically."""
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_bytes_atomic
 
     path = Path(path)
     if path.suffix == ".bin":
@@ -285,15 +285,7 @@ def save_permutations(perms: np.ndarray, path: str | os.PathLike[str]) -> Path:
         buffer = io.BytesIO()
         np.save(buffer, _validated(perms).astype(np.int64), allow_pickle=False)
         payload = buffer.getvalue()
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, payload)
 
 
 def _validated(perms: np.ndarray) -> np.ndarray:

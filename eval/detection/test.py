@@ -254,7 +254,7 @@ def draw_detections(image_bgr: np.ndarray, dets_by_class: dict[str, np.ndarray],
     """
     import cv2
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_bytes_atomic
 
     thickness = max(1, round(min(image_bgr.shape[:2]) / 250))
     detections = []
@@ -274,15 +274,7 @@ def draw_detections(image_bgr: np.ndarray, dets_by_class: dict[str, np.ndarray],
     ok, encoded = cv2.imencode(path.suffix or ".jpg", canvas)
     if not ok:
         raise OSError(f"could not encode {path} (suffix {path.suffix!r} is not an image format OpenCV writes).")
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, encoded.tobytes())
 
 
 def draw_results_with_ground_truth(voc_root: str | os.PathLike[str], split: str, results_dir: str | os.PathLike[str],

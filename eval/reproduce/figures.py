@@ -38,17 +38,9 @@ def cached(path: Path, inputs: object, draw: Callable[[Path], Path | None]) -> P
 
 
 def _save(fig, path: Path) -> Path:
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_atomic
 
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100, metadata={"Software": None}))
 
 
 def paper_bars(columns: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],

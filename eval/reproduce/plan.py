@@ -211,7 +211,7 @@ def write_plan(run_dir: str | os.PathLike[str], plan: Plan) -> Path:
     Raises:
         ValueError: RUN holds a run of another model, or a started job whose settings or process count differ.
     """
-    from jigsawpp.io import atomic_path, write_json_atomic
+    from jigsawpp.io import write_bytes_atomic, write_json_atomic
 
     run = Path(run_dir)
     old: dict[str, Any] = read_plan_record(run) if (run / PLAN_FILE).is_file() else {}
@@ -234,8 +234,5 @@ def write_plan(run_dir: str | os.PathLike[str], plan: Plan) -> Path:
         "skipped": {s.name: s.reason for s in plan.skipped if s.name not in (old.get("jobs") or {})},
     }
     record["skipped"] = {k: v for k, v in record["skipped"].items() if k not in record["jobs"]}
-    fd, tmp = atomic_path(run / MODEL_COPY)  # the same bytes: verify compares the manifest's sha256 with the stamps'
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(plan.manifest.read_bytes())
-    os.replace(tmp, run / MODEL_COPY)
+    write_bytes_atomic(run / MODEL_COPY, plan.manifest.read_bytes())  # the same bytes as the model's manifest
     return write_json_atomic(run / PLAN_FILE, record)

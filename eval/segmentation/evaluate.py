@@ -91,20 +91,12 @@ def _side_by_side(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.nda
 def _write_jpeg(path: Path, image: np.ndarray) -> Path:
     import cv2
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_bytes_atomic
 
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise ValueError(f"could not encode {path} as JPEG.")
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data.tobytes())
 
 
 @torch.inference_mode()

@@ -76,7 +76,7 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
     and `read_label_png` read)."""
     from PIL import Image
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_atomic
 
     path = Path(path)
     values = np.asarray(labels)
@@ -84,15 +84,7 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
         raise ValueError(f"{path}: labels must be a 2-D array of values 0..255, got shape {values.shape}.")
     image = Image.fromarray(values.astype(np.uint8), mode="P")
     image.putpalette(voc_palette().reshape(-1).tolist())
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def read_sbd_cls_mat(path: str | os.PathLike[str]) -> np.ndarray:

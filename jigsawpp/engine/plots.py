@@ -13,17 +13,11 @@ __all__ = ["plot_training_curves", "read_log", "save_figure"]
 def save_figure(fig, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically (a temp file beside `path`, renamed into place) with the user's umask;
     the format follows the suffix (PNG when there is none). Every plot of the project is written through this."""
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_atomic
 
     path = Path(path)
-    fd, tmp = atomic_path(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        write_atomic(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi))
     finally:
         if getattr(fig, "number", None) is not None:  # a pyplot figure: free it (Figure objects need nothing)
             import matplotlib.pyplot as plt

@@ -45,7 +45,7 @@ def draw_puzzles(crops: torch.Tensor, batch: PuzzleBatch, perms: torch.Tensor, p
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_atomic
 
     c = config or PuzzleConfig()
     n = crops.shape[0]
@@ -88,14 +88,9 @@ def draw_puzzles(crops: torch.Tensor, batch: PuzzleBatch, perms: torch.Tensor, p
         ax.set_title("solved: tiles at their cells (red: occluded)", fontsize=9)
         ax.axis("off")
     path = Path(path)
-    fd, tmp = atomic_path(path)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=90, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        write_atomic(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=90,
+                                                      bbox_inches="tight"))
     finally:
         plt.close(fig)
     return PuzzleFigure(path, n, labels, occluded)
@@ -146,7 +141,7 @@ def plot_pretext_curve(log_path: str | os.PathLike[str], path: str | os.PathLike
     from matplotlib.figure import Figure
 
     from jigsawpp.engine.plots import read_log
-    from jigsawpp.io import atomic_path
+    from jigsawpp.io import write_atomic
 
     records = read_log(log_path)
     if not records:
@@ -173,13 +168,4 @@ def plot_pretext_curve(log_path: str | os.PathLike[str], path: str | os.PathLike
     right.legend(loc="upper left", fontsize=8)
     fig.suptitle(f"Jigsaw++ pretext training: {Path(log_path).parent.name}")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = atomic_path(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=100))
