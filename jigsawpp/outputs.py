@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["OutputDirError", "check_output_dir", "clean_stale_partials", "partial_path", "prepare_output_dir",
-           "staged_output"]
+           "process_alive", "staged_output"]
 
 
 class OutputDirError(FileExistsError):
@@ -30,7 +30,10 @@ def partial_path(path: Path, pid: int | None = None) -> Path:
     return path.parent / f".{path.name}.partial-{os.getpid() if pid is None else pid}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether `pid` (an int; anything else is no process) names a running process, this one or another user's."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:
@@ -53,7 +56,7 @@ def clean_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
         if not entry.name.startswith(prefix):
             continue
         suffix = entry.name[len(prefix):]
-        if suffix.isdigit() and _alive(int(suffix)):
+        if suffix.isdigit() and process_alive(int(suffix)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

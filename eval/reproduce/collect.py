@@ -18,6 +18,7 @@ from eval.reproduce.jobs import JOBS, Job
 from eval.reproduce.plan import MODEL_COPY, read_plan_record
 from eval.reproduce.runner import is_complete, read_status
 from eval.verify import VerifyRow
+from jigsawpp.outputs import process_alive
 
 __all__ = ["Cell", "JobResult", "RunSummary", "collect_run", "protocol_stamp"]
 
@@ -114,18 +115,6 @@ def _log(folder: Path) -> Path | None:
     return log if log.is_file() and log.stat().st_size else None
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def _last_record(log: Path | None) -> dict[str, Any] | None:
     if log is None:
         return None
@@ -151,7 +140,7 @@ def _collect_job(run_dir: Path, record: dict[str, Any], name: str, method: str |
     if not cells and job is not None:  # no result yet, or one verify cannot read
         cells = _own_cells(job, scores, paper, error)
     state = (status or {}).get("state", "not started")
-    if state == "running" and not _alive((status or {}).get("pid")):
+    if state == "running" and not process_alive((status or {}).get("pid")):
         state = "interrupted"  # its process was killed; the next `jigsawpp reproduce` resumes it
     log = _log(folder)
     return JobResult(name=name, job=job, folder=folder, state=state, complete=complete, status=status,
